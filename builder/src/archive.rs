@@ -1,0 +1,181 @@
+//! OCI image archives: a tar of an OCI image layout (`oci-layout`,
+//! `index.json`, `blobs/sha256/...`), written reproducibly and read back
+//! into a [`BlobStore`] (each blob checked against its digest).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Component, Path};
+
+use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType};
+use thiserror::Error;
+
+use crate::blobs::{sha256_hex, BlobStore};
+use crate::image::canonical_json;
+
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+#[derive(Debug, Error)]
+pub enum ArchiveError {
+    #[error("cannot write OCI archive {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read OCI archive {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("OCI archive {path}: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("OCI archive {path}: blob {entry} does not match its digest (it hashes to {actual})")]
+    DigestMismatch { path: String, entry: String, actual: String },
+    #[error("cannot write OCI archive {path}: blob {digest} is not available locally")]
+    MissingBlob { path: String, digest: String },
+}
+
+/// One image of an archive: the manifest (or index) descriptor and the
+/// blobs it needs, in order.
+pub struct ArchiveImage<'a> {
+    pub target: &'a Descriptor,
+    pub blobs: &'a [String],
+}
+
+/// Write an OCI archive of `image` to `path` (through a temporary file that
+/// is renamed into place). The index entry carries `name` (full name, as
+/// `io.containerd.image.name`) and `tag` (as `org.opencontainers.image.ref.name`).
+pub fn write(
+    path: &Path,
+    blobs: &BlobStore,
+    image: &ArchiveImage<'_>,
+    name: &str,
+    tag: Option<&str>,
+    mtime: u64,
+) -> Result<(), ArchiveError> {
+    let shown = path.display().to_string();
+    let write_err = |source| ArchiveError::Write { path: shown.clone(), source };
+
+    let mut target = image.target.clone();
+    let mut annotations = HashMap::new();
+    annotations.insert(ANNOTATION_IMAGE_NAME.to_string(), name.to_string());
+    if let Some(tag) = tag {
+        annotations.insert(ANNOTATION_REF_NAME.to_string(), tag.to_string());
+    }
+    target.set_annotations(Some(annotations));
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(vec![target])
+        .build()
+        .map_err(|e| ArchiveError::Invalid { path: shown.clone(), reason: e.to_string() })?;
+    let index_json = canonical_json(&index).map_err(|e| write_err(io::Error::other(e)))?;
+
+    // Sorted, deduplicated blob list.
+    let mut files: BTreeMap<String, std::path::PathBuf> = BTreeMap::new();
+    for digest in image.blobs.iter().chain(std::iter::once(&image.target.digest().to_string())) {
+        let missing = || ArchiveError::MissingBlob { path: shown.clone(), digest: digest.clone() };
+        let hex = sha256_hex(digest).ok_or_else(missing)?;
+        if !blobs.has_local(digest) {
+            return Err(missing());
+        }
+        files.insert(hex.to_string(), blobs.path(digest).map_err(write_err)?);
+    }
+
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let temp = tempfile::Builder::new().prefix(".hybrid-archive-").tempfile_in(dir).map_err(write_err)?;
+    let mut builder = tar::Builder::new(BufWriter::new(temp.as_file()));
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_mtime(mtime);
+        h.set_uid(0);
+        h.set_gid(0);
+        h
+    };
+    let add = |builder: &mut tar::Builder<_>, name: &str, kind, size: u64, data: &mut dyn Read| {
+        let mode = if kind == tar::EntryType::Directory { 0o755 } else { 0o644 };
+        builder.append_data(&mut header(kind, mode, size), name, data).map_err(write_err)
+    };
+    add(&mut builder, "oci-layout", tar::EntryType::Regular, OCI_LAYOUT.len() as u64, &mut &OCI_LAYOUT[..])?;
+    add(&mut builder, "index.json", tar::EntryType::Regular, index_json.len() as u64, &mut &index_json[..])?;
+    add(&mut builder, "blobs/", tar::EntryType::Directory, 0, &mut io::empty())?;
+    add(&mut builder, "blobs/sha256/", tar::EntryType::Directory, 0, &mut io::empty())?;
+    for (hex, file) in &files {
+        let mut f = File::open(file).map_err(write_err)?;
+        let size = f.metadata().map_err(write_err)?.len();
+        add(&mut builder, &format!("blobs/sha256/{hex}"), tar::EntryType::Regular, size, &mut f)?;
+    }
+    let mut out = builder.into_inner().map_err(write_err)?;
+    out.flush().map_err(write_err)?;
+    drop(out);
+    temp.as_file().sync_all().map_err(write_err)?;
+    temp.persist(path).map_err(|e| write_err(e.error))?;
+    Ok(())
+}
+
+/// Read the OCI archive at `path`: every `blobs/sha256/*` entry goes into
+/// `blobs` (verified); returns the parsed `index.json`.
+pub fn read(path: &Path, blobs: &BlobStore) -> Result<ImageIndex, ArchiveError> {
+    let shown = path.display().to_string();
+    let read_err = |source| ArchiveError::Read { path: shown.clone(), source };
+    let invalid = |reason: String| ArchiveError::Invalid { path: shown.clone(), reason };
+    let file = File::open(path).map_err(read_err)?;
+    let mut archive = tar::Archive::new(io::BufReader::new(file));
+    let mut index = None;
+    for entry in archive.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let entry_path = entry.path().map_err(read_err)?.into_owned();
+        let parts: Vec<String> = entry_path
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        match parts.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            ["index.json"] => {
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).map_err(read_err)?;
+                index = Some(data);
+            }
+            ["oci-layout"] => {
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).map_err(read_err)?;
+                let layout: serde_json::Value =
+                    serde_json::from_slice(&data).map_err(|e| invalid(format!("bad oci-layout: {e}")))?;
+                if layout.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some("1.0.0") {
+                    return Err(invalid(format!("unsupported oci-layout {}", String::from_utf8_lossy(&data))));
+                }
+            }
+            ["blobs", "sha256", hex] => {
+                let expected = format!("sha256:{hex}");
+                if sha256_hex(&expected).is_none() {
+                    return Err(invalid(format!("bad blob name {}", entry_path.display())));
+                }
+                let mut writer = blobs.writer().map_err(read_err)?;
+                io::copy(&mut entry, &mut writer).map_err(read_err)?;
+                let (actual, _) = writer.commit().map_err(read_err)?;
+                if actual != expected {
+                    return Err(ArchiveError::DigestMismatch {
+                        path: shown.clone(),
+                        entry: entry_path.display().to_string(),
+                        actual,
+                    });
+                }
+            }
+            _ => tracing::debug!("{shown}: ignoring {}", entry_path.display()),
+        }
+    }
+    let data = index.ok_or_else(|| invalid("no index.json (not an OCI image archive)".into()))?;
+    serde_json::from_slice(&data).map_err(|e| invalid(format!("bad index.json: {e}")))
+}

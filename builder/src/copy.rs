@@ -1,0 +1,366 @@
+//! COPY and ADD: resolve sources in the build context (wildcards, no escape
+//! from the context), copy files and directories into a [`LayerWriter`], and
+//! for ADD extract local tar archives (plain or gzip) safely.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use flate2::read::GzDecoder;
+
+use crate::blobs::BlobStore;
+use crate::layer::{clean_image_path, LayerError, LayerWriter};
+
+/// One COPY/ADD step.
+pub struct CopySpec<'a> {
+    /// Canonical path of the build context.
+    pub context: &'a Path,
+    /// Source patterns, relative to the context.
+    pub sources: &'a [String],
+    /// Destination as written (after variable expansion).
+    pub dest: &'a str,
+    /// The image's working directory (`/`-rooted).
+    pub workdir: &'a str,
+    /// ADD: extract local tar archives.
+    pub extract_archives: bool,
+}
+
+fn read_err(path: &Path) -> impl FnOnce(io::Error) -> LayerError + '_ {
+    move |source| LayerError::Read { path: path.display().to_string(), source }
+}
+
+fn utf8(name: &std::ffi::OsStr) -> Result<&str, LayerError> {
+    name.to_str().ok_or_else(|| LayerError::NonUtf8(name.to_string_lossy().into_owned()))
+}
+
+/// Whether the destination names a directory by its spelling.
+pub fn dest_spelled_as_dir(dest: &str) -> bool {
+    dest.ends_with('/') || dest == "." || dest == ".." || dest.ends_with("/.") || dest.ends_with("/..")
+}
+
+/// Fill `layer` for `spec`; `is_dir(path)` tells whether an image path
+/// (relative to `/`) is already a directory in the image below.
+pub fn copy(
+    spec: &CopySpec<'_>,
+    layer: &mut LayerWriter,
+    blobs: &BlobStore,
+    is_dir: &mut dyn FnMut(&str) -> bool,
+) -> Result<(), LayerError> {
+    let mut sources = Vec::new();
+    for pattern in spec.sources {
+        sources.extend(resolve(spec.context, pattern)?);
+    }
+    let dest = clean_image_path(spec.workdir, spec.dest);
+    let dest_is_dir = dest_spelled_as_dir(spec.dest) || dest.is_empty() || layer.is_directory(&dest) || is_dir(&dest);
+    if sources.len() > 1 && !dest_is_dir {
+        return Err(LayerError::DestinationNotDirectory(spec.dest.to_string()));
+    }
+    for (shown, path) in sources {
+        let meta = fs::metadata(&path).map_err(read_err(&path))?;
+        if meta.is_dir() {
+            layer.add_dir(&dest, meta.permissions().mode())?;
+            copy_dir(&path, &dest, layer)?;
+        } else if spec.extract_archives && archive_kind(&path)?.is_some() {
+            let gzip = archive_kind(&path)? == Some(ArchiveKind::Gzip);
+            extract(&path, &shown, gzip, &dest, layer, blobs)?;
+        } else {
+            let target = if dest_is_dir {
+                let name = path.file_name().map(utf8).transpose()?.unwrap_or_default();
+                clean_image_path("/", &format!("{dest}/{name}"))
+            } else {
+                dest.clone()
+            };
+            layer.add_file(&target, path, meta.permissions().mode(), meta.len())?;
+        }
+    }
+    Ok(())
+}
+
+/// The canonical host paths a source pattern names, with the pattern match
+/// as shown to the user; wildcards (`*`, `?`, `[...]`) allowed.
+fn resolve(context: &Path, pattern: &str) -> Result<Vec<(String, PathBuf)>, LayerError> {
+    if pattern.starts_with("http://") || pattern.starts_with("https://") {
+        return Err(LayerError::Url(pattern.to_string()));
+    }
+    let mut parts = Vec::new();
+    for component in Path::new(pattern).components() {
+        match component {
+            Component::Normal(c) => parts.push(utf8(c)?.to_string()),
+            Component::ParentDir => {
+                if parts.pop().is_none() {
+                    return Err(LayerError::OutsideContext(pattern.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut candidates = vec![(String::new(), context.to_path_buf())];
+    for part in &parts {
+        let mut next = Vec::new();
+        for (shown, dir) in candidates {
+            if part.contains(['*', '?', '[']) {
+                let Ok(entries) = fs::read_dir(&dir) else { continue };
+                let mut names = Vec::new();
+                for entry in entries {
+                    let entry = entry.map_err(read_err(&dir))?;
+                    names.push(utf8(&entry.file_name())?.to_string());
+                }
+                names.sort();
+                for name in names.into_iter().filter(|n| wildcard_match(part, n)) {
+                    next.push((join_shown(&shown, &name), dir.join(&name)));
+                }
+            } else {
+                next.push((join_shown(&shown, part), dir.join(part)));
+            }
+        }
+        candidates = next;
+    }
+    let wildcard = parts.iter().any(|p| p.contains(['*', '?', '[']));
+    let mut out = Vec::new();
+    for (shown, path) in candidates {
+        let canonical = match fs::canonicalize(&path) {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !wildcard => {
+                return Err(LayerError::SourceNotFound(pattern.to_string()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(read_err(&path)(e)),
+        };
+        if !canonical.starts_with(context) {
+            return Err(LayerError::OutsideContext(if shown.is_empty() { pattern.to_string() } else { shown }));
+        }
+        out.push((shown, canonical));
+    }
+    if out.is_empty() {
+        return Err(LayerError::NoMatch(pattern.to_string()));
+    }
+    Ok(out)
+}
+
+fn join_shown(shown: &str, name: &str) -> String {
+    if shown.is_empty() {
+        name.to_string()
+    } else {
+        format!("{shown}/{name}")
+    }
+}
+
+/// Shell-style wildcard match of one path component: `*`, `?`, `[a-z]`,
+/// `[!a]`, and `\` escapes.
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') => (0..=n.len()).any(|i| go(&p[1..], &n[i..])),
+            Some('?') => !n.is_empty() && go(&p[1..], &n[1..]),
+            Some('[') => {
+                let Some(close) = p.iter().skip(2).position(|&c| c == ']').map(|i| i + 2) else {
+                    return n.first() == Some(&'[') && go(&p[1..], &n[1..]);
+                };
+                let Some(&c) = n.first() else { return false };
+                let (negated, set) = match p[1] {
+                    '!' | '^' => (true, &p[2..close]),
+                    _ => (false, &p[1..close]),
+                };
+                let mut matched = false;
+                let mut i = 0;
+                while i < set.len() {
+                    if i + 2 < set.len() && set[i + 1] == '-' {
+                        matched |= set[i] <= c && c <= set[i + 2];
+                        i += 3;
+                    } else {
+                        matched |= set[i] == c;
+                        i += 1;
+                    }
+                }
+                matched != negated && go(&p[close + 1..], &n[1..])
+            }
+            Some('\\') if p.len() > 1 => n.first() == Some(&p[1]) && go(&p[2..], &n[1..]),
+            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
+        }
+    }
+    go(&p, &n)
+}
+
+/// Copy the contents of directory `dir` into the image directory `dest`;
+/// symlinks are copied as symlinks, other special files are skipped.
+fn copy_dir(dir: &Path, dest: &str, layer: &mut LayerWriter) -> Result<(), LayerError> {
+    for entry in fs::read_dir(dir).map_err(read_err(dir))? {
+        let entry = entry.map_err(read_err(dir))?;
+        let path = entry.path();
+        let name = utf8(&entry.file_name())?.to_string();
+        let target = if dest.is_empty() { name } else { format!("{dest}/{name}") };
+        let meta = fs::symlink_metadata(&path).map_err(read_err(&path))?;
+        let kind = meta.file_type();
+        let mode = meta.permissions().mode();
+        if kind.is_dir() {
+            layer.add_dir(&target, mode)?;
+            copy_dir(&path, &target, layer)?;
+        } else if kind.is_file() {
+            layer.add_file(&target, path, mode, meta.len())?;
+        } else if kind.is_symlink() {
+            let link = fs::read_link(&path).map_err(read_err(&path))?;
+            layer.add_symlink(&target, utf8(link.as_os_str())?)?;
+        } else {
+            tracing::warn!("skipping {}: not a regular file, directory or symlink", path.display());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveKind {
+    Tar,
+    Gzip,
+}
+
+/// Whether `path` is a tar archive, plain or gzip-compressed (by content).
+pub fn archive_kind(path: &Path) -> Result<Option<ArchiveKind>, LayerError> {
+    fn is_tar_header(block: &[u8]) -> bool {
+        block.len() >= 262 && &block[257..262] == b"ustar"
+    }
+    let mut head = Vec::new();
+    File::open(path).and_then(|f| f.take(512).read_to_end(&mut head)).map_err(read_err(path))?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        let mut block = Vec::new();
+        let file = File::open(path).map_err(read_err(path))?;
+        // Not a valid gzip stream: not an archive, copied as is.
+        if GzDecoder::new(file).take(512).read_to_end(&mut block).is_err() {
+            return Ok(None);
+        }
+        return Ok(is_tar_header(&block).then_some(ArchiveKind::Gzip));
+    }
+    Ok(is_tar_header(&head).then_some(ArchiveKind::Tar))
+}
+
+/// A relative, `..`-free path of an archive entry, or why it is refused.
+fn entry_path(path: &Path) -> Result<String, &'static str> {
+    let mut parts = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(c) => parts.push(c.to_str().ok_or("has a name that is not valid UTF-8")?),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("has a \"..\" component (escapes the destination)"),
+            Component::RootDir | Component::Prefix(_) => return Err("has an absolute path"),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// Whether a symlink at image path `at` with target `link` resolves inside
+/// the image directory `dest` (absolute targets are image paths).
+fn link_stays_inside(dest: &str, at: &str, link: &str) -> bool {
+    let mut resolved: Vec<&str> = Vec::new();
+    if !link.starts_with('/') {
+        resolved.extend(at.split('/').filter(|c| !c.is_empty()));
+        resolved.pop();
+    }
+    for component in link.split('/') {
+        match component {
+            "" | "." => {}
+            ".." => {
+                if resolved.pop().is_none() {
+                    return false;
+                }
+            }
+            c => resolved.push(c),
+        }
+    }
+    let resolved = resolved.join("/");
+    dest.is_empty() || resolved == dest || resolved.starts_with(&format!("{dest}/"))
+}
+
+/// Extract the tar archive at `path` into the image directory `dest`.
+fn extract(
+    path: &Path,
+    shown: &str,
+    gzip: bool,
+    dest: &str,
+    layer: &mut LayerWriter,
+    blobs: &BlobStore,
+) -> Result<(), LayerError> {
+    let archive_err = |source| LayerError::Archive { archive: shown.to_string(), source };
+    let file = BufReader::new(File::open(path).map_err(read_err(path))?);
+    let reader: Box<dyn Read> = if gzip { Box::new(GzDecoder::new(file)) } else { Box::new(file) };
+    let mut archive = tar::Archive::new(reader);
+    layer.add_dir(dest, 0o755)?;
+    // Regular files extracted so far (archive path → image path), for hard links.
+    let mut files: HashMap<String, String> = HashMap::new();
+    for entry in archive.entries().map_err(archive_err)? {
+        let mut entry = entry.map_err(archive_err)?;
+        let raw = entry.path().map_err(archive_err)?.into_owned();
+        let unsafe_entry = |reason: &str| LayerError::UnsafeEntry {
+            archive: shown.to_string(),
+            entry: raw.display().to_string(),
+            reason: reason.to_string(),
+        };
+        let rel = entry_path(&raw).map_err(unsafe_entry)?;
+        let kind = entry.header().entry_type();
+        if rel.is_empty() {
+            if kind.is_dir() {
+                continue;
+            }
+            return Err(unsafe_entry("has an empty path"));
+        }
+        let target = if dest.is_empty() { rel.clone() } else { format!("{dest}/{rel}") };
+        let mode = entry.header().mode().map_err(archive_err)?;
+        match kind {
+            tar::EntryType::Directory => layer.add_dir(&target, mode)?,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let (staged, mut out) = blobs.staging_file().map_err(LayerError::Write)?;
+                let size = io::copy(&mut entry, &mut out).map_err(archive_err)?;
+                layer.add_file(&target, staged, mode, size)?;
+                files.insert(rel, target);
+            }
+            tar::EntryType::Symlink => {
+                let link = entry.link_name().map_err(archive_err)?.ok_or_else(|| unsafe_entry("is a symlink without a target"))?;
+                let link = link.to_str().ok_or_else(|| unsafe_entry("has a link target that is not valid UTF-8"))?;
+                if !link_stays_inside(dest, &target, link) {
+                    return Err(unsafe_entry(&format!("is a symlink to {link:?}, outside the destination")));
+                }
+                layer.add_symlink(&target, link)?;
+            }
+            tar::EntryType::Link => {
+                let link = entry.link_name().map_err(archive_err)?.ok_or_else(|| unsafe_entry("is a hard link without a target"))?;
+                let outside = || unsafe_entry(&format!("is a hard link to {:?}, outside the archive's files", link.display()));
+                let linked = entry_path(&link).map_err(|_| outside())?;
+                let image_path = files.get(&linked).ok_or_else(outside)?;
+                let (source, mode, size) = layer.file_at(image_path).ok_or_else(outside)?;
+                layer.add_file(&target, source, mode, size)?;
+                files.insert(rel, target);
+            }
+            tar::EntryType::Char | tar::EntryType::Block => return Err(unsafe_entry("is a device node")),
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
+            other => return Err(unsafe_entry(&format!("has an unsupported type ({other:?})"))),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("*.txt", "a.txt"));
+        assert!(!wildcard_match("*.txt", "a.txt.bak"));
+        assert!(wildcard_match("file?.[a-c]", "file1.b"));
+        assert!(!wildcard_match("[!a]x", "ax"));
+        assert!(wildcard_match("\\*", "*"));
+    }
+
+    #[test]
+    fn symlink_targets() {
+        assert!(link_stays_inside("", "usr/bin/env", "../../bin/busybox"));
+        assert!(!link_stays_inside("", "bin/x", "../../../etc"));
+        assert!(link_stays_inside("opt", "opt/a/b", "../c"));
+        assert!(!link_stays_inside("opt", "opt/a", "../../etc/passwd"));
+        assert!(!link_stays_inside("opt", "opt/a", "/etc/passwd"));
+        assert!(link_stays_inside("", "etc/localtime", "/usr/share/zoneinfo/UTC"));
+    }
+}

@@ -1,0 +1,142 @@
+//! One container's Linux lifecycle on youki's libcontainer: create (init
+//! process waiting), start, kill, delete. Native and wasm containers share
+//! all of it; only the executor differs.
+
+use std::path::{Path, PathBuf};
+
+use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::Signal;
+
+use crate::executor::HybridExecutor;
+use crate::stdio::{StdioError, StdioPaths};
+use crate::workload::Workload;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    Stdio(#[from] StdioError),
+    #[error("container {id}: {action}: {source}")]
+    Libcontainer {
+        id: String,
+        action: &'static str,
+        source: libcontainer::error::LibcontainerError,
+    },
+    #[error("cannot create state root {path:?}: {source}")]
+    StateRoot { path: PathBuf, source: std::io::Error },
+    #[error("container {id}: invalid signal {signal}")]
+    Signal { id: String, signal: u32 },
+    #[error("container {id}: cgroup: {message}")]
+    Cgroup { id: String, message: String },
+}
+
+/// Where a container comes from and where its state lives.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    pub id: String,
+    pub bundle: PathBuf,
+    /// libcontainer's state root; the container's state is `state_root/id`.
+    pub state_root: PathBuf,
+    pub stdio: StdioPaths,
+}
+
+/// A created container whose init process waits to be started.
+pub struct HybridContainer {
+    id: String,
+    inner: Container,
+}
+
+impl HybridContainer {
+    /// Create the container: namespaces, rootfs, cgroup, and an init process
+    /// that waits for `start`. `workload` says what the init process will run.
+    pub fn create(config: &ContainerConfig, workload: Workload) -> Result<Self, ContainerError> {
+        let id = config.id.clone();
+        let lc = |action| {
+            let id = id.clone();
+            move |source| ContainerError::Libcontainer { id, action, source }
+        };
+        std::fs::create_dir_all(&config.state_root).map_err(|e| ContainerError::StateRoot {
+            path: config.state_root.clone(),
+            source: e,
+        })?;
+        let stdio = config.stdio.open()?;
+        let inner = ContainerBuilder::new(id.clone(), SyscallType::Linux)
+            .with_executor(HybridExecutor::new(workload))
+            .with_root_path(&config.state_root)
+            .map_err(lc("state root"))?
+            .with_stdin(stdio.stdin)
+            .with_stdout(stdio.stdout)
+            .with_stderr(stdio.stderr)
+            .as_init(&config.bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(lc("create"))?;
+        Ok(Self { id, inner })
+    }
+
+    /// Load a container's state left by a shim that is gone, for cleanup.
+    pub fn load(state_root: &Path, id: &str) -> Result<Self, ContainerError> {
+        let inner = Container::load(state_root.join(id)).map_err(|source| ContainerError::Libcontainer {
+            id: id.to_string(),
+            action: "load",
+            source,
+        })?;
+        Ok(Self { id: id.to_string(), inner })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The init process, as seen from the shim's pid namespace.
+    pub fn pid(&self) -> Option<i32> {
+        self.inner.pid().map(|p| p.as_raw())
+    }
+
+    pub fn start(&mut self) -> Result<(), ContainerError> {
+        self.inner.start().map_err(|source| ContainerError::Libcontainer {
+            id: self.id.clone(),
+            action: "start",
+            source,
+        })
+    }
+
+    /// Send `signal` to the init process, or with `all` to every process.
+    pub fn kill(&mut self, signal: u32, all: bool) -> Result<(), ContainerError> {
+        let sig = i32::try_from(signal)
+            .ok()
+            .and_then(|s| Signal::try_from(s).ok())
+            .ok_or_else(|| ContainerError::Signal { id: self.id.clone(), signal })?;
+        self.inner.kill(sig, all).map_err(|source| ContainerError::Libcontainer {
+            id: self.id.clone(),
+            action: "kill",
+            source,
+        })
+    }
+
+    /// Remove the container: kills what is left, removes its cgroup and state.
+    pub fn delete(&mut self) -> Result<(), ContainerError> {
+        self.inner.delete(true).map_err(|source| ContainerError::Libcontainer {
+            id: self.id.clone(),
+            action: "delete",
+            source,
+        })
+    }
+
+    /// Every process in the container's cgroup.
+    pub fn pids(&self) -> Result<Vec<i32>, ContainerError> {
+        let cgroup_err = |message: String| ContainerError::Cgroup { id: self.id.clone(), message };
+        let spec = self.inner.spec().map_err(|e| cgroup_err(e.to_string()))?;
+        let manager = create_cgroup_manager(CgroupConfig {
+            cgroup_path: spec.cgroup_path.clone(),
+            systemd_cgroup: false,
+            container_name: self.id.clone(),
+        })
+        .map_err(|e| cgroup_err(e.to_string()))?;
+        let pids = manager.get_all_pids().map_err(|e| cgroup_err(e.to_string()))?;
+        Ok(pids.into_iter().map(|p| p.as_raw()).collect())
+    }
+}

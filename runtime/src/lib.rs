@@ -1,0 +1,17 @@
+//! hybrid's runtime: an OCI bundle's spec → the one workload decision →
+//! the native executor or the wasm sandbox, inside one container lifecycle.
+//!
+//! Data flows one way: bundle → spec → [`workload::decide`] →
+//! [`container::HybridContainer`] whose init process runs the
+//! [`executor::HybridExecutor`]. Nothing here knows protobuf or containerd.
+
+pub mod container;
+pub mod executor;
+pub mod stdio;
+pub mod wasm;
+pub mod workload;
+
+pub use container::{ContainerConfig, ContainerError, HybridContainer};
+pub use stdio::StdioPaths;
+pub use wasm::{WasiSetup, WasmSandbox};
+pub use workload::{decide, Workload, WorkloadError, WorkloadKind};

@@ -1,0 +1,157 @@
+//! The container's stdio, from the paths containerd hands over (its fifos).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use std::os::fd::AsRawFd;
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+
+/// How long to wait for containerd's end of an output fifo to be open.
+const FIFO_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    #[error("cannot open {name} {path:?}: {source}")]
+    Open {
+        name: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no reader opened {name} fifo {path:?} within {timeout:?}")]
+    NoReader {
+        name: &'static str,
+        path: PathBuf,
+        timeout: Duration,
+    },
+}
+
+/// Paths of the three streams; an empty path means /dev/null.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The opened streams, ready to hand to the container's process.
+#[derive(Debug)]
+pub struct Stdio {
+    pub stdin: File,
+    pub stdout: File,
+    pub stderr: File,
+}
+
+impl StdioPaths {
+    pub fn open(&self) -> Result<Stdio, StdioError> {
+        Ok(Stdio {
+            stdin: open_input(&self.stdin)?,
+            stdout: open_output("stdout", &self.stdout)?,
+            stderr: open_output("stderr", &self.stderr)?,
+        })
+    }
+}
+
+fn dev_null(name: &'static str, write: bool) -> Result<File, StdioError> {
+    OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .open("/dev/null")
+        .map_err(|source| StdioError::Open {
+            name,
+            path: PathBuf::from("/dev/null"),
+            source,
+        })
+}
+
+fn clear_nonblock(name: &'static str, path: &Path, file: &File) -> Result<(), StdioError> {
+    let open_err = |e: nix::Error| StdioError::Open {
+        name,
+        path: path.to_path_buf(),
+        source: e.into(),
+    };
+    let flags = fcntl(file.as_raw_fd(), FcntlArg::F_GETFL).map_err(open_err)?;
+    let flags = OFlag::from_bits_truncate(flags) & !OFlag::O_NONBLOCK;
+    fcntl(file.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(open_err)?;
+    Ok(())
+}
+
+/// stdin: opening the read end of a fifo without O_NONBLOCK would wait for a
+/// writer; open non-blocking, then make reads block as the process expects.
+fn open_input(path: &str) -> Result<File, StdioError> {
+    if path.is_empty() {
+        return dev_null("stdin", false);
+    }
+    let path = Path::new(path);
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| StdioError::Open { name: "stdin", path: path.to_path_buf(), source })?;
+    clear_nonblock("stdin", path, &file)?;
+    Ok(file)
+}
+
+/// stdout/stderr: a fifo's write end opens only once a reader is there
+/// (ENXIO before). containerd opens its end before Create; wait a bounded
+/// time rather than block forever if it did not.
+fn open_output(name: &'static str, path: &str) -> Result<File, StdioError> {
+    if path.is_empty() {
+        return dev_null(name, true);
+    }
+    let path = Path::new(path);
+    let started = Instant::now();
+    loop {
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+        {
+            Ok(file) => {
+                clear_nonblock(name, path, &file)?;
+                return Ok(file);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                if started.elapsed() > FIFO_OPEN_TIMEOUT {
+                    return Err(StdioError::NoReader { name, path: path.to_path_buf(), timeout: FIFO_OPEN_TIMEOUT });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(source) => return Err(StdioError::Open { name, path: path.to_path_buf(), source }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn empty_paths_are_dev_null() {
+        let stdio = StdioPaths::default().open().expect("open");
+        drop(stdio);
+    }
+
+    #[test]
+    fn regular_files_work_as_output() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        std::fs::write(&out, "").expect("create");
+        let paths = StdioPaths { stdout: out.display().to_string(), ..Default::default() };
+        let mut stdio = paths.open().expect("open");
+        stdio.stdout.write_all(b"hello").expect("write");
+        let mut got = String::new();
+        File::open(&out).expect("reopen").read_to_string(&mut got).expect("read");
+        assert_eq!(got, "hello");
+    }
+
+    #[test]
+    fn missing_stdin_names_the_path() {
+        let paths = StdioPaths { stdin: "/nonexistent/stdin".into(), ..Default::default() };
+        let err = paths.open().expect_err("must fail");
+        assert!(err.to_string().contains("/nonexistent/stdin"));
+    }
+}

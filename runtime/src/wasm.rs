@@ -1,0 +1,116 @@
+//! The wasm sandbox: wasmtime with WASI preview 1.
+//!
+//! One setup path (`WasiSetup` → `WasmSandbox::run`) serves both the container
+//! init process and `hybrid wasm run`, so what a module sees outside a
+//! container is exactly what it sees inside one.
+
+use std::path::{Path, PathBuf};
+
+use wasmtime::{Config, Engine, Linker, Module, Store};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+/// The exit status of a module that trapped: the same a native process
+/// reports when it aborts (128 + SIGABRT).
+pub const TRAP_EXIT_CODE: i32 = 134;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WasmError {
+    #[error("cannot create the wasm engine: {0}")]
+    Engine(String),
+    #[error("cannot load wasm module {path:?}: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("cannot preopen {host:?} as {guest:?}: {message}")]
+    Preopen {
+        host: PathBuf,
+        guest: String,
+        message: String,
+    },
+    #[error("cannot link wasm module {path:?}: {message}")]
+    Link { path: PathBuf, message: String },
+    #[error("wasm module {path:?} has no export {export:?}")]
+    NoExport { path: PathBuf, export: String },
+}
+
+/// What the guest sees: its argv, environment and preopened directories.
+#[derive(Debug, Clone, Default)]
+pub struct WasiSetup {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// `(host path, guest path)` pairs, preopened read-write.
+    pub preopens: Vec<(PathBuf, String)>,
+}
+
+impl WasiSetup {
+    /// Splits `KEY=VALUE` strings as the OCI spec carries them.
+    pub fn env_from_spec(env: &[String]) -> Vec<(String, String)> {
+        env.iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (kv.clone(), String::new()),
+            })
+            .collect()
+    }
+}
+
+/// A wasmtime engine configured for running WASI commands.
+pub struct WasmSandbox {
+    engine: Engine,
+}
+
+impl WasmSandbox {
+    pub fn new() -> Result<Self, WasmError> {
+        let mut config = Config::new();
+        // Each container is one short-lived process: compile on this thread
+        // instead of spinning up a compile thread pool per container.
+        config.parallel_compilation(false);
+        let engine = Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        Ok(Self { engine })
+    }
+
+    /// Runs `module` (binary or text) as a WASI command and returns its exit
+    /// status: the value of `proc_exit`, 0 when `_start` returns, or
+    /// [`TRAP_EXIT_CODE`] on a trap, whose message goes to stderr.
+    pub fn run(&self, module: &Path, export: Option<&str>, setup: &WasiSetup) -> Result<i32, WasmError> {
+        let loaded = Module::from_file(&self.engine, module).map_err(|e| WasmError::Load {
+            path: module.to_path_buf(),
+            message: format!("{e:#}"),
+        })?;
+        let mut builder = WasiCtxBuilder::new();
+        builder.args(&setup.args).envs(&setup.env).inherit_stdio();
+        for (host, guest) in &setup.preopens {
+            builder
+                .preopened_dir(host, guest, FsPerms::ReadWrite)
+                .map_err(|e| WasmError::Preopen {
+                    host: host.clone(),
+                    guest: guest.clone(),
+                    message: format!("{e:#}"),
+                })?;
+        }
+        let mut store = Store::new(&self.engine, builder.build_p1());
+        let mut linker: Linker<WasiP1Ctx> = Linker::new(&self.engine);
+        let link_err = |e: wasmtime::Error| WasmError::Link {
+            path: module.to_path_buf(),
+            message: format!("{e:#}"),
+        };
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx).map_err(link_err)?;
+        let instance = linker.instantiate(&mut store, &loaded).map_err(link_err)?;
+        let name = export.unwrap_or("_start");
+        let func = instance
+            .get_typed_func::<(), ()>(&mut store, name)
+            .map_err(|_| WasmError::NoExport {
+                path: module.to_path_buf(),
+                export: name.to_string(),
+            })?;
+        Ok(match func.call(&mut store, ()) {
+            Ok(()) => 0,
+            Err(e) => match e.downcast_ref::<I32Exit>() {
+                Some(exit) => exit.0,
+                None => {
+                    eprintln!("wasm module {} trapped: {e:#}", module.display());
+                    TRAP_EXIT_CODE
+                }
+            },
+        })
+    }
+}

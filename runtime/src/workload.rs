@@ -1,0 +1,289 @@
+//! The one workload decision: does this process run natively or in the wasm
+//! sandbox?
+//!
+//! Like crun's handlers, the decision is `can_handle`-style and happens in one
+//! place, before the container is created, so that a bad entrypoint fails at
+//! Create with a message naming the file instead of failing later inside the
+//! container where nobody sees it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+
+/// crun's annotation that asks for the wasm handler.
+pub const CRUN_HANDLER_ANNOTATION: &str = "run.oci.handler";
+/// The wasm image variant annotation from the OCI wasm image proposal, as crun reads it.
+pub const WASM_VARIANT_ANNOTATION: &str = "module.wasm.image/variant";
+
+const WASM_MAGIC: &[u8; 4] = b"\0asm";
+const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("the spec has no process args")]
+    NoArgs,
+    #[error("entrypoint {0:?} not found in the container's rootfs (PATH {1:?})")]
+    NotFound(String, String),
+    #[error("entrypoint {path:?} is neither an ELF binary, a #! script nor a wasm module: it starts with {found}")]
+    Unrecognised { path: String, found: String },
+    #[error("entrypoint {path:?} is annotated as wasm ({annotation}) but is not a wasm module: it starts with {found}")]
+    NotWasm {
+        path: String,
+        annotation: String,
+        found: String,
+    },
+    #[error("cannot read entrypoint {path:?} in rootfs {rootfs:?}: {source}")]
+    Read {
+        path: String,
+        rootfs: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open rootfs {0:?}: {1}")]
+    Rootfs(PathBuf, String),
+}
+
+/// What kind of executable the entrypoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// An ELF binary or a `#!` script: executed by the kernel.
+    Native,
+    /// A wasm module or component in its binary form.
+    WasmBinary,
+    /// A wasm module in the text form (`.wat`); wasmtime compiles it directly.
+    WasmText,
+}
+
+impl WorkloadKind {
+    pub fn is_wasm(self) -> bool {
+        !matches!(self, WorkloadKind::Native)
+    }
+}
+
+/// The decision for one process: its kind and where its entrypoint is, both
+/// inside the container (`entrypoint`) and as seen from the shim (`host_path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    /// The entrypoint's absolute path inside the container.
+    pub entrypoint: PathBuf,
+    /// An export to call instead of `_start` (`module.wasm#func`).
+    pub export: Option<String>,
+}
+
+/// Decide how `spec`'s process runs. `rootfs` is the container's root as the
+/// caller sees it (bundle/rootfs, mounted).
+pub fn decide(spec: &Spec, rootfs: &Path) -> Result<Workload, WorkloadError> {
+    let process = spec.process().as_ref().ok_or(WorkloadError::NoArgs)?;
+    let args = process.args().as_ref().ok_or(WorkloadError::NoArgs)?;
+    let env = process.env().clone().unwrap_or_default();
+    let cwd = process.cwd();
+    let empty = HashMap::new();
+    let annotations = spec.annotations().as_ref().unwrap_or(&empty);
+    decide_process(args, &env, cwd, annotations, rootfs)
+}
+
+/// The same decision for one process description (init or exec).
+pub fn decide_process(
+    args: &[String],
+    env: &[String],
+    cwd: &Path,
+    annotations: &HashMap<String, String>,
+    rootfs: &Path,
+) -> Result<Workload, WorkloadError> {
+    let arg0 = args.first().ok_or(WorkloadError::NoArgs)?;
+    // runwasi's convention: `module.wasm#export` calls that export.
+    let (program, export) = match arg0.rsplit_once('#') {
+        Some((p, e)) if !e.is_empty() && !e.contains('/') => (p, Some(e.to_string())),
+        _ => (arg0.as_str(), None),
+    };
+    let root = pathrs::Root::open(rootfs)
+        .map_err(|e| WorkloadError::Rootfs(rootfs.to_path_buf(), e.to_string()))?;
+    let path_var = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    let entrypoint = resolve(&root, program, cwd, path_var)
+        .ok_or_else(|| WorkloadError::NotFound(program.to_string(), path_var.to_string()))?;
+    let head = read_head(&root, &entrypoint).map_err(|source| WorkloadError::Read {
+        path: entrypoint.display().to_string(),
+        rootfs: rootfs.to_path_buf(),
+        source,
+    })?;
+    let kind = classify(&entrypoint, &head).ok_or_else(|| WorkloadError::Unrecognised {
+        path: entrypoint.display().to_string(),
+        found: describe(&head),
+    })?;
+    if let Some(annotation) = wasm_annotation(annotations) {
+        if !kind.is_wasm() {
+            return Err(WorkloadError::NotWasm {
+                path: entrypoint.display().to_string(),
+                annotation,
+                found: describe(&head),
+            });
+        }
+    }
+    Ok(Workload {
+        kind,
+        entrypoint,
+        export: if kind.is_wasm() { export } else { None },
+    })
+}
+
+/// crun's annotations that say "this is wasm", as `key=value` for messages.
+fn wasm_annotation(annotations: &HashMap<String, String>) -> Option<String> {
+    let asks = |key: &str, values: &[&str]| {
+        annotations
+            .get(key)
+            .filter(|v| values.contains(&v.as_str()))
+            .map(|v| format!("{key}={v}"))
+    };
+    asks(CRUN_HANDLER_ANNOTATION, &["wasm", "wasmtime"])
+        .or_else(|| asks(WASM_VARIANT_ANNOTATION, &["compat", "compat-smart"]))
+}
+
+/// Find `program` in the rootfs the way execvp would inside the container.
+fn resolve(root: &pathrs::Root, program: &str, cwd: &Path, path_var: &str) -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![cwd.join(program)]
+    } else {
+        path_var
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| cwd.join(d).join(program))
+            .collect()
+    };
+    candidates.into_iter().find(|candidate| {
+        root.resolve(candidate)
+            .and_then(|h| h.reopen(pathrs::flags::OpenFlags::O_RDONLY))
+            .ok()
+            .and_then(|f| f.metadata().ok())
+            .is_some_and(|m| m.is_file())
+    })
+}
+
+fn read_head(root: &pathrs::Root, path: &Path) -> std::io::Result<Vec<u8>> {
+    let handle = root.resolve(path).map_err(std::io::Error::other)?;
+    let file: File = handle
+        .reopen(pathrs::flags::OpenFlags::O_RDONLY)
+        .map_err(std::io::Error::other)?;
+    let mut head = Vec::with_capacity(64);
+    file.take(64).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// The classification itself, on the first bytes of the file.
+pub fn classify(path: &Path, head: &[u8]) -> Option<WorkloadKind> {
+    if head.starts_with(WASM_MAGIC) {
+        return Some(WorkloadKind::WasmBinary);
+    }
+    if head.starts_with(ELF_MAGIC) || head.starts_with(b"#!") {
+        return Some(WorkloadKind::Native);
+    }
+    let text = String::from_utf8_lossy(head);
+    let trimmed = text.trim_start();
+    let looks_like_wat = trimmed.starts_with("(module") || trimmed.starts_with("(component");
+    if looks_like_wat || (path.extension().is_some_and(|e| e == "wat") && trimmed.starts_with('(')) {
+        return Some(WorkloadKind::WasmText);
+    }
+    None
+}
+
+fn describe(head: &[u8]) -> String {
+    if head.is_empty() {
+        return "nothing (the file is empty)".to_string();
+    }
+    let shown: Vec<String> = head.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let text: String = head
+        .iter()
+        .take(16)
+        .map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' })
+        .collect();
+    format!("bytes {} ({text:?})", shown.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn rootfs_with(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (path, content) in files {
+            let full = dir.path().join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+            std::fs::write(full, content).expect("write");
+        }
+        dir
+    }
+
+    fn decide_args(root: &Path, args: &[&str], annotations: &[(&str, &str)]) -> Result<Workload, WorkloadError> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let annotations = annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        decide_process(&args, &["PATH=/bin".to_string()], Path::new("/"), &annotations, root)
+    }
+
+    #[test]
+    fn wasm_binary_is_wasm() {
+        let root = rootfs_with(&[("/app.wasm", b"\0asm\x01\0\0\0")]);
+        let w = decide_args(root.path(), &["/app.wasm"], &[]).expect("decide");
+        assert_eq!(w.kind, WorkloadKind::WasmBinary);
+        assert_eq!(w.entrypoint, PathBuf::from("/app.wasm"));
+    }
+
+    #[test]
+    fn elf_and_script_are_native() {
+        let root = rootfs_with(&[("/bin/tool", b"\x7fELF\x02\x01"), ("/bin/run.sh", b"#!/bin/sh\necho")]);
+        assert_eq!(decide_args(root.path(), &["tool"], &[]).expect("elf").kind, WorkloadKind::Native);
+        assert_eq!(decide_args(root.path(), &["/bin/run.sh"], &[]).expect("sh").kind, WorkloadKind::Native);
+    }
+
+    #[test]
+    fn wat_text_is_wasm() {
+        let root = rootfs_with(&[("/m.wat", b"  (module (func))")]);
+        assert_eq!(decide_args(root.path(), &["/m.wat"], &[]).expect("wat").kind, WorkloadKind::WasmText);
+    }
+
+    #[test]
+    fn export_suffix_is_split() {
+        let root = rootfs_with(&[("/app.wasm", b"\0asm\x01\0\0\0")]);
+        let w = decide_args(root.path(), &["/app.wasm#serve"], &[]).expect("decide");
+        assert_eq!(w.export.as_deref(), Some("serve"));
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_rootfs() {
+        let root = rootfs_with(&[("/bin/busybox", b"\x7fELF\x02\x01")]);
+        // An absolute link must resolve against the container's root, not the host's.
+        symlink("/bin/busybox", root.path().join("bin/echo")).expect("symlink");
+        let w = decide_args(root.path(), &["echo", "hi"], &[]).expect("decide");
+        assert_eq!(w.kind, WorkloadKind::Native);
+        assert_eq!(w.entrypoint, PathBuf::from("/bin/echo"));
+    }
+
+    #[test]
+    fn unknown_content_names_the_file() {
+        let root = rootfs_with(&[("/notes.txt", b"just some notes")]);
+        let err = decide_args(root.path(), &["/notes.txt"], &[]).expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("/notes.txt"), "{msg}");
+        assert!(msg.contains("just some notes"), "{msg}");
+    }
+
+    #[test]
+    fn missing_entrypoint_is_an_error() {
+        let root = rootfs_with(&[]);
+        let err = decide_args(root.path(), &["nothere"], &[]).expect_err("must fail");
+        assert!(err.to_string().contains("nothere"));
+    }
+
+    #[test]
+    fn wasm_annotation_on_native_binary_is_refused() {
+        let root = rootfs_with(&[("/bin/tool", b"\x7fELF\x02\x01")]);
+        let err = decide_args(root.path(), &["/bin/tool"], &[(CRUN_HANDLER_ANNOTATION, "wasm")]).expect_err("must fail");
+        assert!(err.to_string().contains("run.oci.handler=wasm"));
+    }
+}

@@ -1,0 +1,129 @@
+//! The shim binary's lifecycle: `start` (spawn or reuse a shim for the
+//! group), `delete` (clean up after a lost shim), and serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Config, DeleteResponse, ExitSignal, Flags, StartOpts};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageField;
+use hybrid_runtime::HybridContainer;
+use oci_spec::runtime::Spec;
+
+use crate::rootfs;
+use crate::service::TaskService;
+
+/// CRI's sandbox annotation: every container of a pod goes to one shim.
+const CRI_SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// Our own grouping annotation, for grouping outside Kubernetes.
+pub const GROUP_ANNOTATION: &str = "io.containerd.hybrid.v2.group";
+/// runc's grouping annotation, honoured too so that tooling made for runc works.
+const RUNC_GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
+
+/// Where libcontainer keeps container state, per containerd namespace.
+pub fn state_root(namespace: &str) -> PathBuf {
+    PathBuf::from("/run/hybrid").join(namespace)
+}
+
+pub struct HybridShim {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+    id: String,
+    bundle: PathBuf,
+}
+
+impl containerd_shim::Shim for HybridShim {
+    type T = TaskService;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        let bundle = if args.bundle.is_empty() {
+            std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+        } else {
+            PathBuf::from(&args.bundle)
+        };
+        if args.action.is_empty() {
+            init_logging(args.debug);
+        }
+        Self {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+            bundle,
+        }
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        spawn_for_group(opts, &self.bundle)
+    }
+
+    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        let span = tracing::info_span!("delete", id = %self.id);
+        let _enter = span.enter();
+        // The shim that served this container is gone: kill what is left,
+        // remove cgroup and state, and release the rootfs.
+        match HybridContainer::load(&state_root(&self.namespace), &self.id) {
+            Ok(mut container) => {
+                if let Err(e) = container.delete() {
+                    tracing::warn!("cannot delete container: {e}");
+                }
+            }
+            Err(e) => tracing::info!("no container state to clean: {e}"),
+        }
+        rootfs::unmount_all(&self.bundle);
+        Ok(DeleteResponse {
+            // As runc's shim: the process is gone, reported as SIGKILLed.
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: MessageField::some(Timestamp::now()),
+            ..Default::default()
+        })
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        TaskService::new(&self.namespace, publisher, self.exit.clone())
+    }
+}
+
+/// `start`: spawn the serving shim for this container's group, or find the
+/// one already serving it (the spawned process then exits at once, seeing
+/// the group's socket answer), and return its ttrpc address.
+fn spawn_for_group(opts: StartOpts, bundle: &Path) -> containerd_shim::Result<String> {
+    let grouping = group_of(bundle).unwrap_or_else(|| opts.id.clone());
+    let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+    containerd_shim::util::write_address(&address)?;
+    Ok(address)
+}
+
+/// The group this bundle's container joins, from its spec's annotations.
+fn group_of(bundle: &Path) -> Option<String> {
+    let spec = Spec::load(bundle.join("config.json")).ok()?;
+    let annotations = spec.annotations().as_ref()?;
+    [GROUP_ANNOTATION, RUNC_GROUP_ANNOTATION, CRI_SANDBOX_ANNOTATION]
+        .iter()
+        .find_map(|key| annotations.get(*key).filter(|v| !v.is_empty()).cloned())
+}
+
+/// The serving shim logs to the `log` fifo containerd reads in the bundle
+/// (it shows in containerd's own log); elsewhere to stderr.
+fn init_logging(debug: bool) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let level = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HYBRID_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let fifo = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("log");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    let result = match fifo {
+        Ok(file) => builder.with_writer(std::sync::Mutex::new(file)).try_init(),
+        Err(_) => builder.with_writer(std::io::stderr).try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("cannot set up logging: {e}");
+    }
+}

@@ -1,0 +1,207 @@
+//! Harness for hybrid's integration tests: one private containerd 1.6 per
+//! test binary (own config, root, state and sockets under a temp dir), the
+//! example images built by `hybrid build` and loaded into it, and helpers to
+//! drive it with `ctr` the way an operator would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const HYBRID_RUNTIME: &str = "io.containerd.hybrid.v2";
+pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// Where the workspace's binaries are (cargo build --workspace --bins).
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("HYBRID_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug"))
+}
+
+pub fn hybrid_bin() -> PathBuf {
+    bin_dir().join("hybrid")
+}
+
+/// The example image's full name, as `hybrid build --load` stores it.
+pub fn image(name: &str) -> String {
+    format!("docker.io/hybrid-examples/{name}:latest")
+}
+
+pub struct Env {
+    pub state: PathBuf,
+    pub address: String,
+}
+
+static ENV: OnceLock<Env> = OnceLock::new();
+
+extern "C" fn stop_containerd() {
+    if let Some(env) = ENV.get() {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("scripts/containerd.sh"))
+            .arg("stop")
+            .arg(&env.state)
+            .status();
+    }
+}
+
+fn run_checked(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The shared environment: containerd started and example images loaded,
+/// once per test binary; containerd is stopped when the binary exits.
+pub fn env() -> &'static Env {
+    ENV.get_or_init(|| {
+        for bin in ["hybrid", "containerd-shim-hybrid-v2"] {
+            assert!(
+                bin_dir().join(bin).exists(),
+                "{bin} not found in {}: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+                bin_dir().display()
+            );
+        }
+        let state = std::env::temp_dir().join(format!("hybrid-it-{}", std::process::id()));
+        let script = repo_root().join("scripts/containerd.sh");
+        run_checked(
+            Command::new("bash").arg(&script).arg("start").arg(&state).env("HYBRID_BIN_DIR", bin_dir()),
+            "start private containerd",
+        );
+        // SAFETY: registering a plain extern "C" fn with atexit has no preconditions.
+        unsafe { libc::atexit(stop_containerd) };
+        let address = state.join("containerd.sock").display().to_string();
+        run_checked(
+            Command::new("bash")
+                .arg(repo_root().join("scripts/build-examples.sh"))
+                .current_dir(repo_root())
+                .env("HYBRID", hybrid_bin())
+                .env("CONTAINERD_ADDRESS", &address),
+            "build and load the example images",
+        );
+        Env { state, address }
+    })
+}
+
+/// A finished `ctr` command.
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Ran {
+    fn from(out: Output) -> Self {
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// A unique container id for one test.
+pub fn unique_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+impl Env {
+    pub fn ctr(&self) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(&self.address).stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn ctr_out(&self, args: &[&str]) -> Ran {
+        self.ctr().args(args).output().expect("run ctr").into()
+    }
+
+    /// `ctr run --rm --runtime RUNTIME IMAGE ID [ARGS…]`, to completion.
+    pub fn run(&self, runtime: &str, image: &str, id: &str, args: &[&str]) -> Ran {
+        let mut cmd = self.ctr();
+        cmd.args(["run", "--rm", "--runtime", runtime, image, id]).args(args);
+        cmd.output().expect("run ctr").into()
+    }
+
+    /// The status column of `ctr task ls` for `id`, if the task exists.
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let out = self.ctr_out(&["task", "ls"]);
+        out.stdout.lines().find_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (cols.first() == Some(&id)).then(|| cols.get(2).unwrap_or(&"").to_string())
+        })
+    }
+
+    pub fn wait_for_status(&self, id: &str, want: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.task_status(id).as_deref() == Some(want) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+/// Mount points (from /proc/self/mountinfo) whose path contains `needle`.
+pub fn mounts_containing(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| m.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Cgroup directories named `id` under any hierarchy of /sys/fs/cgroup.
+pub fn cgroups_named(id: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return found };
+    for h in hierarchies.flatten() {
+        let mut stack = vec![h.path()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    if e.file_name().to_string_lossy() == id {
+                        found.push(e.path());
+                    }
+                    stack.push(e.path());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Processes whose command line or environment mention `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return pids };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}

@@ -1,0 +1,207 @@
+//! hybrid 0.1 end to end: images built by `hybrid build`, run through a
+//! private containerd 1.6 and our shim, as `ctr` users would.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use hybrid_tests::*;
+
+#[test]
+fn wasm_hello_prints_and_exits_zero() {
+    let env = env();
+    let id = unique_id("hello");
+    let ran = env.run(HYBRID_RUNTIME, &image("hello-rust"), &id, &["/hello.wasm", "one", "two"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("hello from wasm"), "{ran:?}");
+    assert!(ran.stdout.contains("one two"), "args must arrive: {ran:?}");
+}
+
+#[test]
+fn wasm_env_file_and_exit_code_come_from_the_spec() {
+    let env = env();
+    let id = unique_id("hello-env");
+    let mut cmd = env.ctr();
+    cmd.args(["run", "--rm", "--runtime", HYBRID_RUNTIME, "--env", "EXIT_CODE=5", "--env", "GREETING=bonjour"])
+        .args([image("hello-rust").as_str(), id.as_str()]);
+    let ran: Ran = cmd.output().expect("ctr").into();
+    assert_eq!(ran.code, 5, "{ran:?}");
+    assert!(ran.stdout.contains("bonjour"), "env must arrive: {ran:?}");
+    // The message file is read from the image's rootfs through the preopen.
+    let message = std::fs::read_to_string(repo_root().join("wasm-examples/hello-rust/message.txt")).expect("message.txt");
+    assert!(ran.stdout.contains(message.trim()), "file content must be printed: {ran:?}");
+}
+
+#[test]
+fn wasm_proc_exit_3_gives_exit_status_3() {
+    let env = env();
+    let ran = env.run(HYBRID_RUNTIME, &image("exit-wat"), &unique_id("exit3"), &[]);
+    assert_eq!(ran.code, 3, "{ran:?}");
+}
+
+#[test]
+fn c_wasm_example_runs() {
+    let env = env();
+    let ran = env.run(HYBRID_RUNTIME, &image("c-hello"), &unique_id("chello"), &[]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(!ran.stdout.trim().is_empty(), "{ran:?}");
+}
+
+#[test]
+fn busybox_echo_prints_through_our_shim() {
+    let env = env();
+    let ran = env.run(HYBRID_RUNTIME, &image("busybox"), &unique_id("echo"), &["echo", "hello", "native"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(ran.stdout.trim(), "hello native", "{ran:?}");
+}
+
+#[test]
+fn native_exit_7_gives_7() {
+    let env = env();
+    let ran = env.run(HYBRID_RUNTIME, &image("busybox"), &unique_id("exit7"), &["sh", "-c", "exit 7"]);
+    assert_eq!(ran.code, 7, "{ran:?}");
+}
+
+#[test]
+fn native_runs_in_its_own_namespaces() {
+    let env = env();
+    // PID 1 in its own pid namespace, with the image's rootfs as /.
+    let ran = env.run(HYBRID_RUNTIME, &image("busybox"), &unique_id("ns"), &["sh", "-c", "echo pid=$$; ls /bin/busybox"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("pid=1"), "{ran:?}");
+    assert!(ran.stdout.contains("/bin/busybox"), "{ran:?}");
+}
+
+/// Start `ctr run` (attached) in the background, kill the task from the
+/// outside, and return (exit status of the task, time from kill to exit).
+fn kill_running(image_name: &str, args: &[&str], signal: &str) -> (i32, Duration) {
+    let env = env();
+    let id = unique_id("kill");
+    let mut run = env.ctr();
+    run.args(["run", "--rm", "--runtime", HYBRID_RUNTIME, &image(image_name), &id])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = run.spawn().expect("spawn ctr run");
+    assert!(
+        env.wait_for_status(&id, "RUNNING", Duration::from_secs(30)),
+        "task {id} never reached RUNNING"
+    );
+    // Let the workload reach its sleep.
+    std::thread::sleep(Duration::from_millis(300));
+    let killed_at = Instant::now();
+    let kill = env.ctr_out(&["task", "kill", "-s", signal, &id]);
+    assert_eq!(kill.code, 0, "{kill:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait ctr") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("task {id} still running 10 s after SIG{signal}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (status.code().unwrap_or(-1), killed_at.elapsed())
+}
+
+#[test]
+fn kill_ends_a_sleeping_wasm_task_within_a_second() {
+    let (code, took) = kill_running("sleep-wat", &[], "SIGTERM");
+    assert_eq!(code, 143, "a SIGTERMed wasm task reports 128+15");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
+fn kill_ends_a_native_sleep_within_a_second() {
+    let (code, took) = kill_running("busybox", &["sleep", "60"], "SIGKILL");
+    assert_eq!(code, 137, "a SIGKILLed task reports 128+9");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+/// Run a container detached, remember its pid, then check nothing of it is
+/// left after `ctr task rm` + `ctr container rm`.
+fn assert_nothing_left_after_delete(image_name: &str, args: &[&str]) {
+    let env = env();
+    let id = unique_id("leak");
+    let run = env.ctr_out(&[&["run", "-d", "--runtime", HYBRID_RUNTIME, &image(image_name), &id][..], args].concat());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(env.wait_for_status(&id, "RUNNING", Duration::from_secs(30)), "task {id} never ran");
+    let ps = env.ctr_out(&["task", "ps", &id]);
+    let pids: Vec<i32> = ps.stdout.lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    assert!(!pids.is_empty(), "task ps lists the init process: {ps:?}");
+    assert!(!cgroups_named(&id).is_empty(), "the container has a cgroup while running");
+    assert!(!mounts_containing(&id).is_empty(), "the rootfs is mounted while running");
+
+    let kill = env.ctr_out(&["task", "kill", "-s", "SIGKILL", &id]);
+    assert_eq!(kill.code, 0, "{kill:?}");
+    assert!(env.wait_for_status(&id, "STOPPED", Duration::from_secs(10)), "task {id} did not stop");
+    let rm = env.ctr_out(&["task", "rm", &id]);
+    assert_eq!(rm.code, 0, "{rm:?}");
+    let crm = env.ctr_out(&["container", "rm", &id]);
+    assert_eq!(crm.code, 0, "{crm:?}");
+
+    // The shim exits after its last task is gone; give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !processes_mentioning(&id).is_empty() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(mounts_containing(&id), Vec::<String>::new(), "mounts left");
+    assert_eq!(cgroups_named(&id), Vec::<std::path::PathBuf>::new(), "cgroups left");
+    for pid in pids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} left");
+    }
+    assert_eq!(processes_mentioning(&id), Vec::<i32>::new(), "shim or other process left");
+}
+
+#[test]
+fn nothing_is_left_after_deleting_a_native_container() {
+    assert_nothing_left_after_delete("busybox", &["sleep", "60"]);
+}
+
+#[test]
+fn nothing_is_left_after_deleting_a_wasm_container() {
+    assert_nothing_left_after_delete("sleep-wat", &[]);
+}
+
+#[test]
+fn an_entrypoint_neither_elf_nor_wasm_fails_at_create_naming_the_file() {
+    let env = env();
+    let id = unique_id("bad");
+    let ran = env.run(HYBRID_RUNTIME, &image("bad-entrypoint"), &id, &[]);
+    assert_ne!(ran.code, 0, "{ran:?}");
+    assert!(ran.stderr.contains("/notes.txt"), "the error names the file: {ran:?}");
+    assert!(ran.stderr.contains("neither"), "the error says what was found: {ran:?}");
+    // Create failed, so no task exists; the container record is ours to remove.
+    assert!(env.task_status(&id).is_none());
+    let _ = env.ctr_out(&["container", "rm", &id]);
+    assert_eq!(mounts_containing(&id), Vec::<String>::new(), "a failed create leaves no mount");
+}
+
+#[test]
+fn the_same_inputs_build_the_same_image_digest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let context = repo_root().join("wasm-examples/hello-rust");
+    let mut digests = Vec::new();
+    for n in 0..2 {
+        let out = dir.path().join(format!("image-{n}.tar"));
+        let status = std::process::Command::new(hybrid_bin())
+            .args(["build", "-t", "repro:latest", "-o"])
+            .arg(&out)
+            .arg(&context)
+            .status()
+            .expect("run hybrid build");
+        assert!(status.success(), "hybrid build failed");
+        digests.push(manifest_digest_of(&out));
+    }
+    assert_eq!(digests[0], digests[1]);
+    assert!(digests[0].starts_with("sha256:"), "{}", digests[0]);
+}
+
+/// The manifest digest that index.json of an OCI archive points to.
+fn manifest_digest_of(archive: &std::path::Path) -> String {
+    let out = std::process::Command::new("tar").arg("-xOf").arg(archive).arg("index.json").output().expect("tar");
+    let index = String::from_utf8_lossy(&out.stdout);
+    let start = index.find("sha256:").unwrap_or_else(|| panic!("no digest in index.json: {index}"));
+    index[start..start + 71].to_string()
+}
