@@ -10,7 +10,10 @@ use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::Signal;
 
+use crate::compile_cache::CompileCache;
 use crate::executor::HybridExecutor;
+use crate::wasm;
+use crate::workload::read_entrypoint;
 use crate::stdio::{StdioError, StdioPaths};
 use crate::workload::Workload;
 
@@ -18,6 +21,10 @@ use crate::workload::Workload;
 pub enum ContainerError {
     #[error(transparent)]
     Stdio(#[from] StdioError),
+    #[error(transparent)]
+    Workload(#[from] crate::workload::WorkloadError),
+    #[error(transparent)]
+    Wasm(#[from] crate::wasm::WasmError),
     #[error("container {id}: {action}: {source}")]
     Libcontainer {
         id: String,
@@ -37,6 +44,8 @@ pub enum ContainerError {
 pub struct ContainerConfig {
     pub id: String,
     pub bundle: PathBuf,
+    /// The container's root as this process sees it (the spec's root).
+    pub rootfs: PathBuf,
     /// libcontainer's state root; the container's state is `state_root/id`.
     pub state_root: PathBuf,
     pub stdio: StdioPaths,
@@ -61,9 +70,18 @@ impl HybridContainer {
             path: config.state_root.clone(),
             source: e,
         })?;
+        // Compile before the container exists: a bad module fails Create,
+        // and the cache makes every later start load machine code only.
+        let precompiled = if workload.kind.is_wasm() {
+            let module = read_entrypoint(&config.rootfs, &workload)?;
+            let (artifact, _outcome) = wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?;
+            Some(artifact)
+        } else {
+            None
+        };
         let stdio = config.stdio.open()?;
         let inner = ContainerBuilder::new(id.clone(), SyscallType::Linux)
-            .with_executor(HybridExecutor::new(workload))
+            .with_executor(HybridExecutor::new(workload, precompiled))
             .with_root_path(&config.state_root)
             .map_err(lc("state root"))?
             .with_stdin(stdio.stdin)

@@ -4,6 +4,7 @@
 //! `workload`); here it is only carried out.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
@@ -18,11 +19,14 @@ use crate::workload::Workload;
 #[derive(Clone)]
 pub struct HybridExecutor {
     workload: Workload,
+    /// The module's machine code, compiled by the shim before the clone;
+    /// the container's copy of these pages is shared copy-on-write.
+    precompiled: Option<Arc<Vec<u8>>>,
 }
 
 impl HybridExecutor {
-    pub fn new(workload: Workload) -> Self {
-        Self { workload }
+    pub fn new(workload: Workload, precompiled: Option<Arc<Vec<u8>>>) -> Self {
+        Self { workload, precompiled }
     }
 }
 
@@ -31,7 +35,7 @@ impl Executor for HybridExecutor {
         if !self.workload.kind.is_wasm() {
             return DefaultExecutor {}.exec(spec);
         }
-        let code = run_wasm_in_container(spec, &self.workload)
+        let code = run_wasm_in_container(spec, &self.workload, self.precompiled.as_deref().map(Vec::as_slice))
             .map_err(|e| ExecutorError::Other(e.to_string()))?;
         // The process is the container's init: its exit status is the task's.
         std::process::exit(code);
@@ -68,7 +72,7 @@ fn install_termination_handlers() {
     }
 }
 
-fn run_wasm_in_container(spec: &Spec, workload: &Workload) -> Result<i32, crate::wasm::WasmError> {
+fn run_wasm_in_container(spec: &Spec, workload: &Workload, precompiled: Option<&[u8]>) -> Result<i32, crate::wasm::WasmError> {
     install_termination_handlers();
     let process = spec.process().as_ref();
     let args = process.and_then(|p| p.args().clone()).unwrap_or_default();
@@ -85,5 +89,6 @@ fn run_wasm_in_container(spec: &Spec, workload: &Workload) -> Result<i32, crate:
         preopens,
     };
     let sandbox = WasmSandbox::new()?;
-    sandbox.run(&workload.entrypoint, workload.export.as_deref(), &setup)
+    let module = sandbox.load(&workload.entrypoint, precompiled)?;
+    sandbox.run(&workload.entrypoint, &module, workload.export.as_deref(), &setup)
 }

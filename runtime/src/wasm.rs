@@ -5,10 +5,13 @@
 //! container is exactly what it sees inside one.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use wasmtime::{Config, Engine, Linker, Module, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use crate::compile_cache::{load_artifact, CacheOutcome, CompileCache};
 
 /// The exit status of a module that trapped: the same a native process
 /// reports when it aborts (128 + SIGABRT).
@@ -30,6 +33,40 @@ pub enum WasmError {
     Link { path: PathBuf, message: String },
     #[error("wasm module {path:?} has no export {export:?}")]
     NoExport { path: PathBuf, export: String },
+    #[error("wasm module {path:?}: {source}")]
+    Cache {
+        path: PathBuf,
+        source: crate::compile_cache::CacheError,
+    },
+}
+
+/// The one engine configuration. The shim precompiles and the container
+/// loads with it, so both must agree: the cache key covers it.
+pub fn new_engine() -> Result<Engine, WasmError> {
+    let config = Config::new();
+    Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))
+}
+
+/// The shim's engine, made once and shared by every container it creates.
+fn shared_engine() -> Result<&'static Engine, WasmError> {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    if let Some(engine) = ENGINE.get() {
+        return Ok(engine);
+    }
+    let engine = new_engine()?;
+    Ok(ENGINE.get_or_init(|| engine))
+}
+
+/// Compile `module` (binary or text) ahead of the container, through the
+/// compile cache: the container then only loads machine code.
+pub fn precompile(module_path: &Path, module: &[u8], cache: &CompileCache) -> Result<(Arc<Vec<u8>>, CacheOutcome), WasmError> {
+    let engine = shared_engine()?;
+    let (artifact, outcome) = cache.artifact(engine, module).map_err(|source| WasmError::Cache {
+        path: module_path.to_path_buf(),
+        source,
+    })?;
+    tracing::info!(module = ?module_path, ?outcome, "wasm module precompiled");
+    Ok((Arc::new(artifact), outcome))
 }
 
 /// What the guest sees: its argv, environment and preopened directories.
@@ -60,22 +97,25 @@ pub struct WasmSandbox {
 
 impl WasmSandbox {
     pub fn new() -> Result<Self, WasmError> {
-        let mut config = Config::new();
-        // Each container is one short-lived process: compile on this thread
-        // instead of spinning up a compile thread pool per container.
-        config.parallel_compilation(false);
-        let engine = Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
-        Ok(Self { engine })
+        Ok(Self { engine: new_engine()? })
     }
 
-    /// Runs `module` (binary or text) as a WASI command and returns its exit
-    /// status: the value of `proc_exit`, 0 when `_start` returns, or
-    /// [`TRAP_EXIT_CODE`] on a trap, whose message goes to stderr.
-    pub fn run(&self, module: &Path, export: Option<&str>, setup: &WasiSetup) -> Result<i32, WasmError> {
-        let loaded = Module::from_file(&self.engine, module).map_err(|e| WasmError::Load {
-            path: module.to_path_buf(),
+    /// The module at `path`: from `precompiled` artifact bytes when they
+    /// load, else compiled from the file (binary or text).
+    pub fn load(&self, path: &Path, precompiled: Option<&[u8]>) -> Result<Module, WasmError> {
+        if let Some(module) = precompiled.and_then(|a| load_artifact(&self.engine, a)) {
+            return Ok(module);
+        }
+        Module::from_file(&self.engine, path).map_err(|e| WasmError::Load {
+            path: path.to_path_buf(),
             message: format!("{e:#}"),
-        })?;
+        })
+    }
+
+    /// Runs `module` as a WASI command and returns its exit status: the
+    /// value of `proc_exit`, 0 when `_start` returns, or [`TRAP_EXIT_CODE`]
+    /// on a trap, whose message goes to stderr.
+    pub fn run(&self, path: &Path, module: &Module, export: Option<&str>, setup: &WasiSetup) -> Result<i32, WasmError> {
         let mut builder = WasiCtxBuilder::new();
         builder.args(&setup.args).envs(&setup.env).inherit_stdio();
         for (host, guest) in &setup.preopens {
@@ -90,16 +130,16 @@ impl WasmSandbox {
         let mut store = Store::new(&self.engine, builder.build_p1());
         let mut linker: Linker<WasiP1Ctx> = Linker::new(&self.engine);
         let link_err = |e: wasmtime::Error| WasmError::Link {
-            path: module.to_path_buf(),
+            path: path.to_path_buf(),
             message: format!("{e:#}"),
         };
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx).map_err(link_err)?;
-        let instance = linker.instantiate(&mut store, &loaded).map_err(link_err)?;
+        let instance = linker.instantiate(&mut store, module).map_err(link_err)?;
         let name = export.unwrap_or("_start");
         let func = instance
             .get_typed_func::<(), ()>(&mut store, name)
             .map_err(|_| WasmError::NoExport {
-                path: module.to_path_buf(),
+                path: path.to_path_buf(),
                 export: name.to_string(),
             })?;
         Ok(match func.call(&mut store, ()) {
@@ -107,7 +147,7 @@ impl WasmSandbox {
             Err(e) => match e.downcast_ref::<I32Exit>() {
                 Some(exit) => exit.0,
                 None => {
-                    eprintln!("wasm module {} trapped: {e:#}", module.display());
+                    eprintln!("wasm module {} trapped: {e:#}", path.display());
                     TRAP_EXIT_CODE
                 }
             },

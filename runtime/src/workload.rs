@@ -133,6 +133,24 @@ pub fn decide_process(
     })
 }
 
+/// The entrypoint's whole content, read inside `rootfs` (symlinks resolved
+/// within it), e.g. to compile a wasm module ahead of the container.
+pub fn read_entrypoint(rootfs: &Path, workload: &Workload) -> Result<Vec<u8>, WorkloadError> {
+    let read_err = |source| WorkloadError::Read {
+        path: workload.entrypoint.display().to_string(),
+        rootfs: rootfs.to_path_buf(),
+        source,
+    };
+    let root = pathrs::Root::open(rootfs).map_err(|e| WorkloadError::Rootfs(rootfs.to_path_buf(), e.to_string()))?;
+    let handle = root.resolve(&workload.entrypoint).map_err(|e| read_err(std::io::Error::other(e)))?;
+    let mut file: File = handle
+        .reopen(pathrs::flags::OpenFlags::O_RDONLY)
+        .map_err(|e| read_err(std::io::Error::other(e)))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(read_err)?;
+    Ok(bytes)
+}
+
 /// crun's annotations that say "this is wasm", as `key=value` for messages.
 fn wasm_annotation(annotations: &HashMap<String, String>) -> Option<String> {
     let asks = |key: &str, values: &[&str]| {

@@ -136,6 +136,7 @@ fn create_container(req: &api::CreateTaskRequest, namespace: &str) -> Result<(Hy
     let config = ContainerConfig {
         id: req.id.clone(),
         bundle: bundle.to_path_buf(),
+        rootfs: root,
         state_root: state_root(namespace),
         stdio: stdio.clone(),
     };

@@ -1,0 +1,236 @@
+//! The compile cache: a wasm module is compiled once, then loaded
+//! precompiled by every container that runs it.
+//!
+//! An entry's key is sha256(module bytes ‖ the engine's compatibility hash),
+//! so a new wasmtime or other codegen settings miss instead of loading code
+//! built for another engine. Entries are written atomically (temp file +
+//! rename) in a root-only directory and carry the sha256 of their own
+//! content: a corrupt entry is recompiled, never handed to wasmtime.
+
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Engine, Module};
+
+/// Where entries live unless `HYBRID_WASM_CACHE` says otherwise.
+pub const DEFAULT_CACHE_DIR: &str = "/var/lib/hybrid/wasm-cache";
+/// The bound on the cache's total size unless `HYBRID_WASM_CACHE_MAX_BYTES` says otherwise.
+pub const DEFAULT_MAX_BYTES: u64 = 512 * 1024 * 1024;
+const ENTRY_SUFFIX: &str = "cwasm";
+const CHECKSUM_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("compile cache {path:?}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot compile wasm module: {0}")]
+    Compile(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io { path: path.to_path_buf(), source }
+}
+
+/// What happened when a module was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// A valid entry was there.
+    Hit,
+    /// No entry (or a corrupt one): the module was compiled and stored.
+    Compiled,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    dir: PathBuf,
+    max_bytes: u64,
+}
+
+impl CompileCache {
+    pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> Self {
+        Self { dir: dir.into(), max_bytes }
+    }
+
+    /// The cache as configured by the environment, or the defaults.
+    pub fn from_env() -> Self {
+        let dir = std::env::var_os("HYBRID_WASM_CACHE").map(PathBuf::from).unwrap_or_else(|| DEFAULT_CACHE_DIR.into());
+        let max_bytes = std::env::var("HYBRID_WASM_CACHE_MAX_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MAX_BYTES);
+        Self::new(dir, max_bytes)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The entry's path for `module` (binary or text) compiled by `engine`.
+    pub fn entry_path(&self, engine: &Engine, module: &[u8]) -> PathBuf {
+        let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        let mut key = Sha256::new();
+        key.update(module);
+        key.update(engine_hash.finish().to_le_bytes());
+        self.dir.join(format!("{}.{ENTRY_SUFFIX}", hex::encode(key.finalize())))
+    }
+
+    /// Make sure a valid entry exists for `module`, compiling it if needed.
+    pub fn ensure(&self, engine: &Engine, module: &[u8]) -> Result<(PathBuf, CacheOutcome), CacheError> {
+        let path = self.entry_path(engine, module);
+        if read_verified(&path).is_some() {
+            touch(&path);
+            return Ok((path, CacheOutcome::Hit));
+        }
+        let compiled = engine.precompile_module(module).map_err(|e| CacheError::Compile(format!("{e:#}")))?;
+        self.store(&path, &compiled)?;
+        self.evict_beyond_bound(&path);
+        Ok((path, CacheOutcome::Compiled))
+    }
+
+    /// The precompiled artifact for `module`, from the cache or compiled
+    /// now (and stored). The bytes are what `load_artifact` takes.
+    pub fn artifact(&self, engine: &Engine, module: &[u8]) -> Result<(Vec<u8>, CacheOutcome), CacheError> {
+        let (path, outcome) = self.ensure(engine, module)?;
+        let artifact = read_verified(&path).ok_or_else(|| CacheError::Io {
+            path: path.clone(),
+            source: std::io::Error::other("entry vanished or changed right after it was written"),
+        })?;
+        Ok((artifact, outcome))
+    }
+
+    /// Load an entry as a module, or None when it is missing, corrupt or
+    /// was built for another engine (the caller then compiles).
+    pub fn load(engine: &Engine, path: &Path) -> Option<Module> {
+        load_artifact(engine, &read_verified(path)?)
+    }
+}
+
+/// A module from verified artifact bytes, or None when wasmtime refuses
+/// them (another engine's artifact).
+pub fn load_artifact(engine: &Engine, artifact: &[u8]) -> Option<Module> {
+    {
+        // SAFETY: wasmtime requires the bytes to come from precompile_module
+        // of a compatible engine. The entry is root-only, written atomically
+        // by us, and its checksum was just verified, so it is exactly what
+        // precompile_module produced; wasmtime itself rejects another
+        // engine's artifact by its header.
+        match unsafe { Module::deserialize(engine, artifact) } {
+            Ok(module) => Some(module),
+            Err(e) => {
+                tracing::warn!("compile cache entry not usable, compiling instead: {e:#}");
+                None
+            }
+        }
+    }
+}
+
+impl CompileCache {
+    fn store(&self, path: &Path, compiled: &[u8]) -> Result<(), CacheError> {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir).map_err(io_err(&self.dir))?;
+        // An existing directory keeps its mode; make sure it is root-only.
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(io_err(&self.dir))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io_err(&self.dir))?;
+        tmp.write_all(&Sha256::digest(compiled)).map_err(io_err(tmp.path()))?;
+        tmp.write_all(compiled).map_err(io_err(tmp.path()))?;
+        tmp.as_file().sync_all().map_err(io_err(path))?;
+        tmp.persist(path).map_err(|e| CacheError::Io { path: path.to_path_buf(), source: e.error })?;
+        Ok(())
+    }
+
+    /// Keep the cache under its bound: remove the least recently used
+    /// entries (by mtime, which a hit refreshes), never `keep`.
+    fn evict_beyond_bound(&self, keep: &Path) {
+        let Ok(dir) = fs::read_dir(&self.dir) else { return };
+        let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = dir
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == ENTRY_SUFFIX))
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                Some((meta.modified().ok()?, meta.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
+        entries.sort();
+        for (_, len, path) in entries {
+            if total <= self.max_bytes {
+                break;
+            }
+            if path != keep && fs::remove_file(&path).is_ok() {
+                total = total.saturating_sub(len);
+            }
+        }
+    }
+}
+
+/// The artifact of a valid entry (its checksum matches), or None.
+fn read_verified(path: &Path) -> Option<Vec<u8>> {
+    let mut bytes = fs::read(path).ok()?;
+    if bytes.len() <= CHECKSUM_LEN {
+        return None;
+    }
+    let artifact = bytes.split_off(CHECKSUM_LEN);
+    (Sha256::digest(&artifact).as_slice() == bytes.as_slice()).then_some(artifact)
+}
+
+fn touch(path: &Path) {
+    if let Ok(file) = fs::File::options().append(true).open(path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAT: &str = r#"(module (func (export "_start")))"#;
+
+    fn engine() -> Engine {
+        crate::wasm::new_engine().expect("engine")
+    }
+
+    #[test]
+    fn second_ensure_is_a_hit_and_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = CompileCache::new(dir.path().join("c"), DEFAULT_MAX_BYTES);
+        let engine = engine();
+        let (path, first) = cache.ensure(&engine, WAT.as_bytes()).expect("ensure");
+        assert_eq!(first, CacheOutcome::Compiled);
+        let (again, second) = cache.ensure(&engine, WAT.as_bytes()).expect("ensure");
+        assert_eq!((again.as_path(), second), (path.as_path(), CacheOutcome::Hit));
+        assert!(CompileCache::load(&engine, &path).is_some());
+        let mode = fs::metadata(cache.dir()).expect("dir").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "the cache is root-only");
+    }
+
+    #[test]
+    fn a_corrupt_entry_is_recompiled_not_loaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = CompileCache::new(dir.path(), DEFAULT_MAX_BYTES);
+        let engine = engine();
+        let (path, _) = cache.ensure(&engine, WAT.as_bytes()).expect("ensure");
+        let mut bytes = fs::read(&path).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&path, &bytes).expect("corrupt");
+        assert!(CompileCache::load(&engine, &path).is_none(), "a corrupt entry is never loaded");
+        let (_, outcome) = cache.ensure(&engine, WAT.as_bytes()).expect("ensure");
+        assert_eq!(outcome, CacheOutcome::Compiled);
+        assert!(CompileCache::load(&engine, &path).is_some());
+    }
+
+    #[test]
+    fn the_bound_evicts_old_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = CompileCache::new(dir.path(), 1);
+        let engine = engine();
+        let (first, _) = cache.ensure(&engine, WAT.as_bytes()).expect("ensure");
+        let (second, _) = cache.ensure(&engine, br#"(module (func (export "_start") nop))"#).expect("ensure");
+        assert!(!first.exists(), "the older entry is evicted");
+        assert!(second.exists(), "the newest entry stays");
+    }
+}
