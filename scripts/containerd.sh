@@ -23,6 +23,10 @@
 #   CTR                   ctr binary (default: ctr)
 #   CONTAINERD_LOG_LEVEL  containerd log level (default: info)
 #   CONTAINERD_START_TIMEOUT  seconds to wait for it to answer (default: 20)
+#   HYBRID_SANDBOX_IMAGE  CRI's sandbox_image, the pods' pause image (default:
+#                         docker.io/hybrid-examples/pause:latest, built by
+#                         scripts/build-examples.sh; CRI looks for it in the
+#                         k8s.io namespace and would pull it if missing)
 #
 # Note: containerd 1.6 puts shim sockets in /run/containerd/s/ whatever its
 # state dir is (named by a hash of address+namespace+id, so instances do not
@@ -38,6 +42,8 @@ usage() { die "usage: $0 start|stop|env|status STATE_DIR"; }
 cmd=$1
 state_dir=$(realpath -m -- "$2")
 [ "$state_dir" != / ] || die "refusing STATE_DIR=/"
+sandbox_image=${HYBRID_SANDBOX_IMAGE:-docker.io/hybrid-examples/pause:latest}
+case $sandbox_image in *[\"\\]*) die "HYBRID_SANDBOX_IMAGE must not contain '\"' or '\\'" ;; esac
 case $state_dir in *[\"\\]*) die "STATE_DIR must not contain '\"' or '\\' (it goes into TOML strings)" ;; esac
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -74,7 +80,7 @@ shim_pids() {
     local d pid args
     for d in /proc/[0-9]*; do
         pid=${d#/proc/}
-        args=$(tr '\0' '\n' <"$d/cmdline" 2>/dev/null) || continue
+        args=$( { tr '\0' '\n' <"$d/cmdline"; } 2>/dev/null) || continue
         if grep -qxF -- "-address" <<<"$args" && grep -qxF -- "$sock" <<<"$args"; then
             echo "$pid"
         fi
@@ -146,6 +152,8 @@ disabled_plugins = []
     # Never lower the oom_score_adj of containers below containerd's own.
     restrict_oom_score_adj = true
     disable_tcp_service = true
+    # The pods' pause container (HYBRID_SANDBOX_IMAGE).
+    sandbox_image = "$sandbox_image"
 
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "$state_dir/cni/bin"

@@ -3,6 +3,7 @@
 //! example images built by `hybrid build` and loaded into it, and helpers to
 //! drive it with `ctr` the way an operator would.
 
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -73,7 +74,14 @@ pub fn env() -> &'static Env {
         let state = std::env::temp_dir().join(format!("hybrid-it-{}", std::process::id()));
         let script = repo_root().join("scripts/containerd.sh");
         run_checked(
-            Command::new("bash").arg(&script).arg("start").arg(&state).env("HYBRID_BIN_DIR", bin_dir()),
+            Command::new("bash")
+                .arg(&script)
+                .arg("start")
+                .arg(&state)
+                .env("HYBRID_BIN_DIR", bin_dir())
+                // The shims inherit containerd's environment: a compile cache of
+                // this run's own, so cache tests see only their own entries.
+                .env("HYBRID_WASM_CACHE", state.join("wasm-cache")),
             "start private containerd",
         );
         // SAFETY: registering a plain extern "C" fn with atexit has no preconditions.
@@ -89,6 +97,36 @@ pub fn env() -> &'static Env {
         );
         Env { state, address }
     })
+}
+
+/// Build an image from files written into a fresh context dir and load it
+/// into the private containerd as `docker.io/hybrid-tests/NAME:latest`.
+pub fn build_image(name: &str, files: &[(&str, &str)]) -> String {
+    let env = env();
+    let context = tempfile::tempdir().expect("tempdir");
+    for (path, content) in files {
+        let full = context.path().join(path);
+        std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&full, content).expect("write context file");
+    }
+    let tag = format!("hybrid-tests/{name}:latest");
+    run_checked(
+        Command::new(hybrid_bin())
+            .args(["build", "-t", &tag, "--load", "--address", &env.address])
+            .arg(context.path()),
+        &format!("hybrid build {tag}"),
+    );
+    format!("docker.io/{tag}")
+}
+
+impl Env {
+    pub fn containerd_log(&self) -> String {
+        std::fs::read_to_string(self.state.join("containerd.log")).unwrap_or_default()
+    }
+
+    pub fn wasm_cache_dir(&self) -> PathBuf {
+        self.state.join("wasm-cache")
+    }
 }
 
 /// A finished `ctr` command.

@@ -1,0 +1,115 @@
+//! The wasm path beyond hello: the compile cache, traps, and stopping a
+//! module that never yields.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use hybrid_tests::*;
+
+/// The shim's log line for `id`'s precompile, e.g. `outcome=Hit`.
+fn precompile_outcome(env: &Env, id: &str) -> Option<String> {
+    let needle = format!("create{{id={id}}}");
+    env.containerd_log()
+        .lines()
+        .filter(|l| l.contains(&needle) && l.contains("wasm module precompiled"))
+        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("outcome=")).map(str::to_string))
+}
+
+#[test]
+fn the_second_start_of_a_module_does_not_compile() {
+    let env = env();
+    // A module no other test runs, so its first start is this test's.
+    let image = build_image(
+        "cache-once",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY app.wat /app.wat\nENTRYPOINT [\"/app.wat\"]\n"),
+            ("app.wat", "(module (memory (export \"memory\") 1) (func (export \"_start\")))\n;; cache-once\n"),
+        ],
+    );
+    let first = unique_id("cache1");
+    let ran = env.run(HYBRID_RUNTIME, &image, &first, &[]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let second = unique_id("cache2");
+    let ran = env.run(HYBRID_RUNTIME, &image, &second, &[]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(precompile_outcome(env, &first).as_deref(), Some("outcome=Compiled"));
+    assert_eq!(precompile_outcome(env, &second).as_deref(), Some("outcome=Hit"), "the second start loads the cached code");
+}
+
+#[test]
+fn a_corrupt_cache_entry_is_recompiled() {
+    let env = env();
+    let image = build_image(
+        "cache-corrupt",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY app.wat /app.wat\nENTRYPOINT [\"/app.wat\"]\n"),
+            ("app.wat", "(module (memory (export \"memory\") 1) (func (export \"_start\")))\n;; cache-corrupt\n"),
+        ],
+    );
+    let ran = env.run(HYBRID_RUNTIME, &image, &unique_id("corrupt1"), &[]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    // Flip a byte in every entry: none may be loaded, all must be rebuilt.
+    for entry in std::fs::read_dir(env.wasm_cache_dir()).expect("cache dir").flatten() {
+        let mut bytes = std::fs::read(entry.path()).expect("read entry");
+        if let Some(last) = bytes.last_mut() {
+            *last ^= 0xff;
+        }
+        std::fs::write(entry.path(), bytes).expect("corrupt entry");
+    }
+    let id = unique_id("corrupt2");
+    let ran = env.run(HYBRID_RUNTIME, &image, &id, &[]);
+    assert_eq!(ran.code, 0, "a corrupt entry must not break the start: {ran:?}");
+    assert_eq!(precompile_outcome(env, &id).as_deref(), Some("outcome=Compiled"));
+}
+
+#[test]
+fn a_trap_gives_a_nonzero_exit_and_a_message() {
+    let env = env();
+    let image = build_image(
+        "trap",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY trap.wat /trap.wat\nENTRYPOINT [\"/trap.wat\"]\n"),
+            ("trap.wat", "(module (memory (export \"memory\") 1) (func (export \"_start\") unreachable))\n"),
+        ],
+    );
+    let ran = env.run(HYBRID_RUNTIME, &image, &unique_id("trap"), &[]);
+    assert_eq!(ran.code, 134, "a trap ends like an abort: {ran:?}");
+    assert!(ran.stderr.contains("trapped") && ran.stderr.contains("unreachable"), "{ran:?}");
+}
+
+#[test]
+fn a_spinning_module_is_stopped_by_a_kill() {
+    let env = env();
+    let image = build_image(
+        "spin",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY spin.wat /spin.wat\nENTRYPOINT [\"/spin.wat\"]\n"),
+            ("spin.wat", "(module (memory (export \"memory\") 1) (func (export \"_start\") (loop (br 0))))\n"),
+        ],
+    );
+    let id = unique_id("spin");
+    let mut child = env
+        .ctr()
+        .args(["run", "--rm", "--runtime", HYBRID_RUNTIME, &image, &id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ctr run");
+    assert!(env.wait_for_status(&id, "RUNNING", Duration::from_secs(30)), "task {id} never ran");
+    std::thread::sleep(Duration::from_millis(200));
+    let killed_at = Instant::now();
+    let kill = env.ctr_out(&["task", "kill", "-s", "SIGTERM", &id]);
+    assert_eq!(kill.code, 0, "{kill:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "a spinning module survived SIGTERM for 10 s");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let took = killed_at.elapsed();
+    eprintln!("spinning module: kill to exit (including ctr's own round trips) {took:?}");
+    assert_eq!(status.code(), Some(143));
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
