@@ -2,6 +2,7 @@
 //! process waiting), start, kill, delete. Native and wasm containers share
 //! all of it; only the executor differs.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager};
@@ -9,6 +10,7 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::Signal;
+use oci_spec::runtime::Spec;
 
 use crate::compile_cache::CompileCache;
 use crate::executor::HybridExecutor;
@@ -33,6 +35,8 @@ pub enum ContainerError {
     },
     #[error("cannot create state root {path:?}: {source}")]
     StateRoot { path: PathBuf, source: std::io::Error },
+    #[error("container {id}: exec {exec_id}: {message}")]
+    Exec { id: String, exec_id: String, message: String },
     #[error("container {id}: invalid signal {signal}")]
     Signal { id: String, signal: u32 },
     #[error("container {id}: cgroup: {message}")]
@@ -55,6 +59,9 @@ pub struct ContainerConfig {
 pub struct HybridContainer {
     id: String,
     inner: Container,
+    state_root: PathBuf,
+    rootfs: PathBuf,
+    annotations: HashMap<String, String>,
 }
 
 impl HybridContainer {
@@ -62,6 +69,10 @@ impl HybridContainer {
     /// that waits for `start`. `workload` says what the init process will run.
     pub fn create(config: &ContainerConfig, workload: Workload) -> Result<Self, ContainerError> {
         let id = config.id.clone();
+        let annotations = Spec::load(config.bundle.join("config.json"))
+            .ok()
+            .and_then(|spec| spec.annotations().clone())
+            .unwrap_or_default();
         let lc = |action| {
             let id = id.clone();
             move |source| ContainerError::Libcontainer { id, action, source }
@@ -92,7 +103,7 @@ impl HybridContainer {
             .with_detach(true)
             .build()
             .map_err(lc("create"))?;
-        Ok(Self { id, inner })
+        Ok(Self { id, inner, state_root: config.state_root.clone(), rootfs: config.rootfs.clone(), annotations })
     }
 
     /// Load a container's state left by a shim that is gone, for cleanup.
@@ -102,7 +113,47 @@ impl HybridContainer {
             action: "load",
             source,
         })?;
-        Ok(Self { id: id.to_string(), inner })
+        Ok(Self {
+            id: id.to_string(),
+            inner,
+            state_root: state_root.to_path_buf(),
+            rootfs: PathBuf::new(),
+            annotations: HashMap::new(),
+        })
+    }
+
+    pub(crate) fn state_root(&self) -> &Path {
+        &self.state_root
+    }
+
+    pub(crate) fn state_dir(&self) -> PathBuf {
+        self.state_root.join(&self.id)
+    }
+
+    pub(crate) fn rootfs(&self) -> &Path {
+        &self.rootfs
+    }
+
+    pub(crate) fn annotations(&self) -> &HashMap<String, String> {
+        &self.annotations
+    }
+
+    /// Freeze every process of the container (cgroup freezer).
+    pub fn pause(&mut self) -> Result<(), ContainerError> {
+        self.inner.pause().map_err(|source| ContainerError::Libcontainer {
+            id: self.id.clone(),
+            action: "pause",
+            source,
+        })
+    }
+
+    /// Thaw a paused container.
+    pub fn resume(&mut self) -> Result<(), ContainerError> {
+        self.inner.resume().map_err(|source| ContainerError::Libcontainer {
+            id: self.id.clone(),
+            action: "resume",
+            source,
+        })
     }
 
     pub fn id(&self) -> &str {

@@ -72,8 +72,28 @@ fn install_termination_handlers() {
     }
 }
 
+/// Do what execve would: close every descriptor marked close-on-exec.
+/// libcontainer marks all it inherited from the shim (its sockets, pipes)
+/// and, for an exec, waits for the close of one of them to know the process
+/// is running; the guest opens its own files afterwards.
+fn close_cloexec_fds() {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<i32> = fds.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    for fd in fds.into_iter().filter(|&fd| fd > 2) {
+        // SAFETY: F_GETFD only reads the descriptor's flags; a stale number (the
+        // read_dir handle itself, now closed) just fails with EBADF.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
+            // SAFETY: the descriptor is one this process would lose on exec;
+            // nothing in this single-threaded process uses it any more.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
 fn run_wasm_in_container(spec: &Spec, workload: &Workload, precompiled: Option<&[u8]>) -> Result<i32, crate::wasm::WasmError> {
     install_termination_handlers();
+    close_cloexec_fds();
     let process = spec.process().as_ref();
     let args = process.and_then(|p| p.args().clone()).unwrap_or_default();
     let env = process.and_then(|p| p.env().clone()).unwrap_or_default();

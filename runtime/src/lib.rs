@@ -7,12 +7,14 @@
 
 pub mod compile_cache;
 pub mod container;
+pub mod exec;
 pub mod executor;
 pub mod stdio;
 pub mod wasm;
 pub mod workload;
 
 pub use container::{ContainerConfig, ContainerError, HybridContainer};
+pub use exec::PreparedExec;
 pub use stdio::StdioPaths;
 pub use wasm::{WasiSetup, WasmSandbox};
 pub use workload::{decide, Workload, WorkloadError, WorkloadKind};

@@ -5,6 +5,7 @@
 mod events;
 mod rootfs;
 mod service;
+mod state;
 mod shim;
 
 pub const RUNTIME_ID: &str = "io.containerd.hybrid.v2";

@@ -1,17 +1,18 @@
 //! containerd's task service (containerd.task.v2.Task), one shim serving
 //! one or more containers. The names follow the protocol's own.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use containerd_shim::protos::api::{self, Status};
-use containerd_shim::monitor::{monitor_subscribe, ExitEvent, Subject, Topic};
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskPaused, TaskResumed, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics::{
-    TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+    TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXEC_ADDED_EVENT_TOPIC, TASK_EXEC_STARTED_EVENT_TOPIC,
+    TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
 };
 use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::publisher::RemotePublisher;
@@ -22,36 +23,27 @@ use oci_spec::runtime::Spec;
 use crate::events::EventSender;
 use crate::rootfs;
 use crate::shim::state_root;
+use crate::state::{spawn_exit_watcher, Entry, Exec, Exited, Proc, Shared, State};
 
-fn status_error(code: Code, message: impl Into<String>) -> ttrpc::Error {
+pub fn status_error(code: Code, message: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
 }
 
-/// The exit of the init process, once it happened.
-#[derive(Clone)]
-struct Exited {
-    status: u32,
-    at: Timestamp,
+fn internal(e: impl std::fmt::Display) -> ttrpc::Error {
+    status_error(Code::INTERNAL, e.to_string())
 }
 
-/// One container (init process) and what containerd asked for it.
-struct Entry {
-    container: HybridContainer,
-    bundle: PathBuf,
-    stdio: StdioPaths,
-    terminal: bool,
-    pid: u32,
-    started: bool,
-    exited: Option<Exited>,
+fn not_found(id: &str) -> ttrpc::Error {
+    status_error(Code::NOT_FOUND, format!("container {id} not found"))
 }
 
-struct State {
-    containers: HashMap<String, Entry>,
+fn process_not_found(id: &str, exec_id: &str) -> ttrpc::Error {
+    status_error(Code::NOT_FOUND, format!("container {id}: exec {exec_id} not found"))
 }
 
 pub struct TaskService {
     namespace: String,
-    state: Arc<(Mutex<State>, Condvar)>,
+    state: Shared,
     events: EventSender,
     exit: Arc<ExitSignal>,
 }
@@ -59,7 +51,7 @@ pub struct TaskService {
 impl TaskService {
     pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
         let events = EventSender::spawn(publisher, namespace.to_string());
-        let state = Arc::new((Mutex::new(State { containers: HashMap::new() }), Condvar::new()));
+        let state: Shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
         spawn_exit_watcher(state.clone(), events.clone());
         Self { namespace: namespace.to_string(), state, events, exit }
     }
@@ -70,78 +62,32 @@ impl TaskService {
     }
 }
 
-/// Reaped children arrive from containerd-shim's reaper (SIGCHLD → waitpid);
-/// match them to our init processes.
-fn spawn_exit_watcher(state: Arc<(Mutex<State>, Condvar)>, events: EventSender) {
-    let subscription = match monitor_subscribe(Topic::Pid) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot watch process exits: {e}");
-            return;
-        }
-    };
-    let spawned = std::thread::Builder::new().name("exits".into()).spawn(move || {
-        for ExitEvent { subject, exit_code } in subscription.rx.iter() {
-            let Subject::Pid(pid) = subject else { continue };
-            let (lock, cvar) = &*state;
-            let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
-            let found = st.containers.iter_mut().find(|(_, e)| e.pid as i32 == pid && e.exited.is_none());
-            if let Some((id, entry)) = found {
-                let exited = Exited { status: exit_code as u32, at: Timestamp::now() };
-                entry.exited = Some(exited.clone());
-                tracing::info!(id = %id, pid, exit_code, "init process exited");
-                events.send(
-                    TASK_EXIT_EVENT_TOPIC,
-                    TaskExit {
-                        container_id: id.clone(),
-                        id: id.clone(),
-                        pid: pid as u32,
-                        exit_status: exited.status,
-                        exited_at: MessageField::some(exited.at),
-                        ..Default::default()
-                    },
-                );
-                cvar.notify_all();
-            }
-        }
-    });
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the exit watcher: {e}");
-    }
-}
-
-fn not_found(id: &str) -> ttrpc::Error {
-    status_error(Code::NOT_FOUND, format!("container {id} not found"))
-}
-
-fn no_execs(exec_id: &str) -> TtrpcResult<()> {
-    if exec_id.is_empty() {
-        Ok(())
-    } else {
-        Err(status_error(Code::UNIMPLEMENTED, format!("exec {exec_id}: exec processes are not implemented yet")))
-    }
-}
-
-fn create_container(req: &api::CreateTaskRequest, namespace: &str) -> Result<(HybridContainer, StdioPaths), ttrpc::Error> {
+fn create_container(req: &api::CreateTaskRequest, namespace: &str) -> Result<HybridContainer, ttrpc::Error> {
     let bundle = Path::new(&req.bundle);
     let spec = Spec::load(bundle.join("config.json"))
         .map_err(|e| status_error(Code::INVALID_ARGUMENT, format!("bundle {}: cannot load config.json: {e}", req.bundle)))?;
     // The spec's root is relative to the bundle (bundle/rootfs, where we
     // mounted the snapshot) or absolute (`ctr run --rootfs DIR`).
     let root = spec.root().as_ref().map(|r| bundle.join(r.path())).unwrap_or_else(|| rootfs::rootfs_path(bundle));
-    let workload = hybrid_runtime::decide(&spec, &root)
-        .map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))?;
+    let workload = hybrid_runtime::decide(&spec, &root).map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))?;
     tracing::info!(kind = ?workload.kind, entrypoint = ?workload.entrypoint, "workload decided");
-    let stdio = StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() };
     let config = ContainerConfig {
         id: req.id.clone(),
         bundle: bundle.to_path_buf(),
         rootfs: root,
         state_root: state_root(namespace),
-        stdio: stdio.clone(),
+        stdio: StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() },
     };
-    let container = HybridContainer::create(&config, workload).map_err(|e| status_error(Code::INTERNAL, e.to_string()))?;
-    Ok((container, stdio))
+    HybridContainer::create(&config, workload).map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))
+}
+
+fn status_of(proc: &Proc, paused: bool) -> Status {
+    match (proc.started, &proc.exited) {
+        (_, Some(_)) => Status::STOPPED,
+        (true, None) if paused => Status::PAUSED,
+        (true, None) => Status::RUNNING,
+        (false, None) => Status::CREATED,
+    }
 }
 
 impl Task for TaskService {
@@ -158,8 +104,8 @@ impl Task for TaskService {
             return Err(status_error(Code::ALREADY_EXISTS, format!("container {} already exists", req.id)));
         }
         let bundle = PathBuf::from(&req.bundle);
-        rootfs::mount_all(&bundle, &req.rootfs).map_err(|e| status_error(Code::INTERNAL, e.to_string()))?;
-        let (container, stdio) = match create_container(&req, &self.namespace) {
+        rootfs::mount_all(&bundle, &req.rootfs).map_err(internal)?;
+        let container = match create_container(&req, &self.namespace) {
             Ok(created) => created,
             Err(e) => {
                 rootfs::unmount_all(&bundle);
@@ -168,10 +114,11 @@ impl Task for TaskService {
             }
         };
         let pid = container.pid().unwrap_or_default() as u32;
-        self.lock().containers.insert(
-            req.id.clone(),
-            Entry { container, bundle, stdio: stdio.clone(), terminal: req.terminal, pid, started: false, exited: None },
-        );
+        let stdio = StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() };
+        let init = Proc::new(pid, stdio.clone(), req.terminal);
+        self.lock()
+            .containers
+            .insert(req.id.clone(), Entry { container, bundle, init, paused: false, execs: Default::default() });
         self.events.send(
             TASK_CREATE_EVENT_TOPIC,
             TaskCreate {
@@ -193,80 +140,133 @@ impl Task for TaskService {
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
-        no_execs(&req.exec_id)?;
+        let span = tracing::info_span!("start", id = %req.id, exec = %req.exec_id);
+        let _enter = span.enter();
+        // The lock is held until the pid is recorded and the start event
+        // queued, so that the exit watcher cannot see the exit first.
         let mut st = self.lock();
         let entry = st.containers.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
-        if entry.started {
-            return Err(status_error(Code::FAILED_PRECONDITION, format!("container {} is already started", req.id)));
+        if req.exec_id.is_empty() {
+            if entry.init.started {
+                return Err(status_error(Code::FAILED_PRECONDITION, format!("container {} is already started", req.id)));
+            }
+            entry.container.start().map_err(internal)?;
+            entry.init.started = true;
+            let pid = entry.init.pid;
+            self.events.send(TASK_START_EVENT_TOPIC, TaskStart { container_id: req.id.clone(), pid, ..Default::default() });
+            return Ok(api::StartResponse { pid, ..Default::default() });
         }
-        entry.container.start().map_err(|e| status_error(Code::INTERNAL, e.to_string()))?;
-        entry.started = true;
-        let pid = entry.pid;
-        // Sent under the lock, so that TaskStart is queued before the TaskExit
-        // of a process that ends at once.
-        self.events.send(TASK_START_EVENT_TOPIC, TaskStart { container_id: req.id.clone(), pid, ..Default::default() });
+        if !entry.init.running() {
+            return Err(status_error(Code::FAILED_PRECONDITION, format!("container {} is not running", req.id)));
+        }
+        let exec = entry.execs.get_mut(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;
+        if exec.proc.started {
+            return Err(status_error(Code::FAILED_PRECONDITION, format!("exec {} is already started", req.exec_id)));
+        }
+        let pid = entry.container.start_exec(&exec.prepared).map_err(internal)? as u32;
+        exec.proc.pid = pid;
+        exec.proc.started = true;
+        self.events.send(
+            TASK_EXEC_STARTED_EVENT_TOPIC,
+            TaskExecStarted { container_id: req.id.clone(), exec_id: req.exec_id.clone(), pid, ..Default::default() },
+        );
         Ok(api::StartResponse { pid, ..Default::default() })
     }
 
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let span = tracing::info_span!("exec", id = %req.id, exec = %req.exec_id);
+        let _enter = span.enter();
+        let mut st = self.lock();
+        let entry = st.containers.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
+        if entry.execs.contains_key(&req.exec_id) {
+            return Err(status_error(Code::ALREADY_EXISTS, format!("exec {} already exists", req.exec_id)));
+        }
+        if !entry.init.running() {
+            return Err(status_error(Code::FAILED_PRECONDITION, format!("container {} is not running", req.id)));
+        }
+        let spec = req.spec.as_ref().map(|any| any.value.as_slice()).unwrap_or_default();
+        let stdio = StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() };
+        let prepared = entry
+            .container
+            .prepare_exec(&req.exec_id, spec, stdio.clone())
+            .map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))?;
+        tracing::info!(kind = ?prepared.workload.kind, entrypoint = ?prepared.workload.entrypoint, "exec workload decided");
+        entry.execs.insert(req.exec_id.clone(), Exec { proc: Proc::new(0, stdio, req.terminal), prepared });
+        self.events.send(
+            TASK_EXEC_ADDED_EVENT_TOPIC,
+            TaskExecAdded { container_id: req.id.clone(), exec_id: req.exec_id.clone(), ..Default::default() },
+        );
+        Ok(api::Empty::default())
+    }
+
     fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
-        no_execs(&req.exec_id)?;
         let st = self.lock();
         let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
-        let status = match (entry.started, &entry.exited) {
-            (_, Some(_)) => Status::STOPPED,
-            (true, None) => Status::RUNNING,
-            (false, None) => Status::CREATED,
-        };
+        let proc = entry.proc(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;
         Ok(api::StateResponse {
             id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
             bundle: entry.bundle.display().to_string(),
-            pid: entry.pid,
-            status: status.into(),
-            stdin: entry.stdio.stdin.clone(),
-            stdout: entry.stdio.stdout.clone(),
-            stderr: entry.stdio.stderr.clone(),
-            terminal: entry.terminal,
-            exit_status: entry.exited.as_ref().map(|e| e.status).unwrap_or_default(),
-            exited_at: MessageField::from_option(entry.exited.as_ref().map(|e| e.at.clone())),
+            pid: proc.pid,
+            status: status_of(proc, entry.paused).into(),
+            stdin: proc.stdio.stdin.clone(),
+            stdout: proc.stdio.stdout.clone(),
+            stderr: proc.stdio.stderr.clone(),
+            terminal: proc.terminal,
+            exit_status: proc.exited.as_ref().map(|e| e.status).unwrap_or_default(),
+            exited_at: MessageField::from_option(proc.exited.as_ref().map(|e| e.at.clone())),
             ..Default::default()
         })
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        no_execs(&req.exec_id)?;
         let mut st = self.lock();
         let entry = st.containers.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
-        if entry.exited.is_some() {
+        let proc = entry.proc(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;
+        if proc.exited.is_some() || (!req.exec_id.is_empty() && !proc.started) {
             return Err(status_error(Code::NOT_FOUND, format!("container {}: process already finished", req.id)));
         }
-        entry.container.kill(req.signal, req.all).map_err(|e| status_error(Code::INTERNAL, e.to_string()))?;
+        if req.exec_id.is_empty() {
+            entry.container.kill(req.signal, req.all).map_err(internal)?;
+        } else {
+            let signal = i32::try_from(req.signal)
+                .ok()
+                .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
+                .ok_or_else(|| status_error(Code::INVALID_ARGUMENT, format!("invalid signal {}", req.signal)))?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(proc.pid as i32), signal).map_err(internal)?;
+        }
         Ok(api::Empty::default())
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        no_execs(&req.exec_id)?;
         let (lock, cvar) = &*self.state;
         let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
-            if let Some(exited) = entry.exited.clone() {
-                return Ok(api::WaitResponse {
-                    exit_status: exited.status,
-                    exited_at: MessageField::some(exited.at),
-                    ..Default::default()
-                });
+            let proc = entry.proc(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;
+            if let Some(exited) = proc.exited.clone() {
+                return Ok(api::WaitResponse { exit_status: exited.status, exited_at: MessageField::some(exited.at), ..Default::default() });
             }
             st = cvar.wait(st).unwrap_or_else(|p| p.into_inner());
         }
     }
 
     fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
-        no_execs(&req.exec_id)?;
-        let span = tracing::info_span!("delete", id = %req.id);
+        let span = tracing::info_span!("delete", id = %req.id, exec = %req.exec_id);
         let _enter = span.enter();
         let mut st = self.lock();
         let entry = st.containers.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
-        if entry.started && entry.exited.is_none() {
+        if !req.exec_id.is_empty() {
+            let exec = entry.execs.get(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;
+            if exec.proc.running() {
+                return Err(status_error(Code::FAILED_PRECONDITION, format!("exec {} is running: kill it first", req.exec_id)));
+            }
+            let exited = exec.proc.exited.clone().unwrap_or(Exited { status: 0, at: Timestamp::now() });
+            let pid = exec.proc.pid;
+            entry.execs.remove(&req.exec_id);
+            return Ok(api::DeleteResponse { pid, exit_status: exited.status, exited_at: MessageField::some(exited.at), ..Default::default() });
+        }
+        if entry.init.running() {
             return Err(status_error(Code::FAILED_PRECONDITION, format!("container {} is running: kill it first", req.id)));
         }
         // Deleting a created-but-never-started container kills its waiting
@@ -275,8 +275,8 @@ impl Task for TaskService {
             tracing::warn!("cannot delete container: {e}");
         }
         rootfs::unmount_all(&entry.bundle);
-        let exited = entry.exited.clone().unwrap_or(Exited { status: 0, at: Timestamp::now() });
-        let pid = entry.pid;
+        let exited = entry.init.exited.clone().unwrap_or(Exited { status: 0, at: Timestamp::now() });
+        let pid = entry.init.pid;
         st.containers.remove(&req.id);
         self.events.send(
             TASK_DELETE_EVENT_TOPIC,
@@ -291,22 +291,43 @@ impl Task for TaskService {
         Ok(api::DeleteResponse { pid, exit_status: exited.status, exited_at: MessageField::some(exited.at), ..Default::default() })
     }
 
+    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        let mut st = self.lock();
+        let entry = st.containers.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
+        if !entry.init.running() {
+            return Err(status_error(Code::FAILED_PRECONDITION, format!("container {} is not running", req.id)));
+        }
+        entry.container.pause().map_err(internal)?;
+        entry.paused = true;
+        self.events.send(TASK_PAUSED_EVENT_TOPIC, TaskPaused { container_id: req.id.clone(), ..Default::default() });
+        Ok(api::Empty::default())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        let mut st = self.lock();
+        let entry = st.containers.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
+        if !entry.paused {
+            return Err(status_error(Code::FAILED_PRECONDITION, format!("container {} is not paused", req.id)));
+        }
+        entry.container.resume().map_err(internal)?;
+        entry.paused = false;
+        self.events.send(TASK_RESUMED_EVENT_TOPIC, TaskResumed { container_id: req.id.clone(), ..Default::default() });
+        Ok(api::Empty::default())
+    }
+
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let st = self.lock();
         let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
-        let pids = entry.container.pids().map_err(|e| status_error(Code::INTERNAL, e.to_string()))?;
+        let pids = entry.container.pids().map_err(internal)?;
         Ok(api::PidsResponse {
-            processes: pids
-                .into_iter()
-                .map(|pid| api::ProcessInfo { pid: pid as u32, ..Default::default() })
-                .collect(),
+            processes: pids.into_iter().map(|pid| api::ProcessInfo { pid: pid as u32, ..Default::default() }).collect(),
             ..Default::default()
         })
     }
 
     fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
         let st = self.lock();
-        let task_pid = st.containers.get(&req.id).map(|e| e.pid).unwrap_or_default();
+        let task_pid = st.containers.get(&req.id).map(|e| e.init.pid).unwrap_or_default();
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,

@@ -1,0 +1,80 @@
+//! Extra processes in a running container (containerd's Exec). The same
+//! workload decision applies: a native binary joins the container's
+//! namespaces and cgroup; a wasm module runs in a sandbox there.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use oci_spec::runtime::Process;
+
+use crate::compile_cache::CompileCache;
+use crate::container::{ContainerError, HybridContainer};
+use crate::executor::HybridExecutor;
+use crate::stdio::StdioPaths;
+use crate::wasm;
+use crate::workload::{decide_process, read_entrypoint, Workload};
+
+/// An exec whose process is decided and compiled, ready to start.
+pub struct PreparedExec {
+    pub exec_id: String,
+    pub workload: Workload,
+    process_file: PathBuf,
+    precompiled: Option<Arc<Vec<u8>>>,
+    stdio: StdioPaths,
+}
+
+impl HybridContainer {
+    /// Check and prepare an exec: `process_json` is the OCI process that
+    /// containerd sends. Errors here fail containerd's Exec, before Start.
+    pub fn prepare_exec(&self, exec_id: &str, process_json: &[u8], stdio: StdioPaths) -> Result<PreparedExec, ContainerError> {
+        let exec_err = |message: String| ContainerError::Exec {
+            id: self.id().to_string(),
+            exec_id: exec_id.to_string(),
+            message,
+        };
+        if exec_id.is_empty() || exec_id.contains('/') {
+            return Err(exec_err(format!("invalid exec id {exec_id:?}")));
+        }
+        let process: Process =
+            serde_json::from_slice(process_json).map_err(|e| exec_err(format!("invalid process spec: {e}")))?;
+        if process.terminal().unwrap_or(false) {
+            return Err(exec_err("terminal: tty support is not implemented yet".into()));
+        }
+        let args = process.args().clone().unwrap_or_default();
+        let env = process.env().clone().unwrap_or_default();
+        let workload = decide_process(&args, &env, process.cwd(), self.annotations(), self.rootfs())?;
+        let precompiled = if workload.kind.is_wasm() {
+            let module = read_entrypoint(self.rootfs(), &workload)?;
+            Some(wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?.0)
+        } else {
+            None
+        };
+        // libcontainer's tenant builder reads the process from a file; keep it
+        // in the container's state dir, removed with the container.
+        let process_file = self.state_dir().join(format!("exec-{exec_id}.json"));
+        std::fs::write(&process_file, process_json).map_err(|e| exec_err(format!("cannot write {process_file:?}: {e}")))?;
+        Ok(PreparedExec { exec_id: exec_id.to_string(), workload, process_file, precompiled, stdio })
+    }
+
+    /// Start a prepared exec; returns its pid (in the shim's pid namespace).
+    pub fn start_exec(&self, exec: &PreparedExec) -> Result<i32, ContainerError> {
+        let id = self.id().to_string();
+        let lc = |source| ContainerError::Libcontainer { id: id.clone(), action: "exec", source };
+        let stdio = exec.stdio.open()?;
+        let pid = ContainerBuilder::new(id.clone(), SyscallType::Linux)
+            .with_executor(HybridExecutor::new(exec.workload.clone(), exec.precompiled.clone()))
+            .with_root_path(self.state_root())
+            .map_err(lc)?
+            .with_stdin(stdio.stdin)
+            .with_stdout(stdio.stdout)
+            .with_stderr(stdio.stderr)
+            .as_tenant()
+            .with_process(Some(&exec.process_file))
+            .with_detach(true)
+            .build()
+            .map_err(lc)?;
+        Ok(pid.as_raw())
+    }
+}

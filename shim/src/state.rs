@@ -1,0 +1,129 @@
+//! What the shim knows of its containers and their processes, and the exit
+//! watcher that turns reaped children into exit states and TaskExit events.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+
+use containerd_shim::monitor::{monitor_subscribe, ExitEvent, Subject, Topic};
+use containerd_shim::protos::events::task::TaskExit;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::topics::TASK_EXIT_EVENT_TOPIC;
+use hybrid_runtime::{HybridContainer, PreparedExec, StdioPaths};
+
+use crate::events::EventSender;
+
+/// The exit of a process, once it happened.
+#[derive(Clone)]
+pub struct Exited {
+    pub status: u32,
+    pub at: Timestamp,
+}
+
+/// One process of a container: its init, or an exec.
+pub struct Proc {
+    pub pid: u32,
+    pub stdio: StdioPaths,
+    pub terminal: bool,
+    pub started: bool,
+    pub exited: Option<Exited>,
+}
+
+impl Proc {
+    pub fn new(pid: u32, stdio: StdioPaths, terminal: bool) -> Self {
+        Self { pid, stdio, terminal, started: false, exited: None }
+    }
+
+    pub fn running(&self) -> bool {
+        self.started && self.exited.is_none()
+    }
+}
+
+pub struct Exec {
+    pub proc: Proc,
+    pub prepared: PreparedExec,
+}
+
+/// One container and what containerd asked for it.
+pub struct Entry {
+    pub container: HybridContainer,
+    pub bundle: PathBuf,
+    pub init: Proc,
+    pub paused: bool,
+    pub execs: HashMap<String, Exec>,
+}
+
+impl Entry {
+    /// The init process for an empty exec id, else that exec's.
+    pub fn proc(&self, exec_id: &str) -> Option<&Proc> {
+        if exec_id.is_empty() {
+            Some(&self.init)
+        } else {
+            self.execs.get(exec_id).map(|e| &e.proc)
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct State {
+    pub containers: HashMap<String, Entry>,
+}
+
+/// The state, and a condition variable signalled on every exit.
+pub type Shared = Arc<(Mutex<State>, Condvar)>;
+
+/// Reaped children arrive from containerd-shim's reaper (SIGCHLD → waitpid);
+/// match them to our processes. Processes are started with the state locked
+/// and their pid recorded before the lock is released, so an exit cannot be
+/// matched before its process is known.
+pub fn spawn_exit_watcher(state: Shared, events: EventSender) {
+    let subscription = match monitor_subscribe(Topic::Pid) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch process exits: {e}");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new().name("exits".into()).spawn(move || {
+        for ExitEvent { subject, exit_code } in subscription.rx.iter() {
+            let Subject::Pid(pid) = subject else { continue };
+            let (lock, cvar) = &*state;
+            let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+            if record_exit(&mut st, pid, exit_code, &events) {
+                cvar.notify_all();
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the exit watcher: {e}");
+    }
+}
+
+fn record_exit(st: &mut State, pid: i32, exit_code: i32, events: &EventSender) -> bool {
+    for (id, entry) in st.containers.iter_mut() {
+        let init = std::iter::once((id.clone(), &mut entry.init));
+        let execs = entry.execs.iter_mut().map(|(exec_id, e)| (exec_id.clone(), &mut e.proc));
+        for (proc_id, proc) in init.chain(execs) {
+            if proc.pid as i32 != pid || proc.exited.is_some() {
+                continue;
+            }
+            let exited = Exited { status: exit_code as u32, at: Timestamp::now() };
+            tracing::info!(id = %id, process = %proc_id, pid, exit_code, "process exited");
+            events.send(
+                TASK_EXIT_EVENT_TOPIC,
+                TaskExit {
+                    container_id: id.clone(),
+                    id: proc_id,
+                    pid: pid as u32,
+                    exit_status: exited.status,
+                    exited_at: MessageField::some(exited.at.clone()),
+                    ..Default::default()
+                },
+            );
+            proc.exited = Some(exited);
+            return true;
+        }
+    }
+    false
+}
