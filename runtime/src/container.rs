@@ -43,6 +43,16 @@ pub enum ContainerError {
     Cgroup { id: String, message: String },
 }
 
+pub use libcgroups::stats::{MemoryData, Stats as CgroupStats};
+
+/// The cgroup hierarchy a container's cgroup lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    /// cgroup v1, alone or beside a v2 mount (hybrid).
+    V1,
+    V2,
+}
+
 /// Where a container comes from and where its state lives.
 #[derive(Debug, Clone)]
 pub struct ContainerConfig {
@@ -195,17 +205,37 @@ impl HybridContainer {
         })
     }
 
-    /// Every process in the container's cgroup.
-    pub fn pids(&self) -> Result<Vec<i32>, ContainerError> {
+    fn cgroup_manager(&self) -> Result<libcgroups::common::AnyCgroupManager, ContainerError> {
         let cgroup_err = |message: String| ContainerError::Cgroup { id: self.id.clone(), message };
         let spec = self.inner.spec().map_err(|e| cgroup_err(e.to_string()))?;
-        let manager = create_cgroup_manager(CgroupConfig {
+        create_cgroup_manager(CgroupConfig {
             cgroup_path: spec.cgroup_path.clone(),
             systemd_cgroup: false,
             container_name: self.id.clone(),
         })
-        .map_err(|e| cgroup_err(e.to_string()))?;
-        let pids = manager.get_all_pids().map_err(|e| cgroup_err(e.to_string()))?;
+        .map_err(|e| cgroup_err(e.to_string()))
+    }
+
+    /// Every process in the container's cgroup.
+    pub fn pids(&self) -> Result<Vec<i32>, ContainerError> {
+        let pids = self
+            .cgroup_manager()?
+            .get_all_pids()
+            .map_err(|e| ContainerError::Cgroup { id: self.id.clone(), message: e.to_string() })?;
         Ok(pids.into_iter().map(|p| p.as_raw()).collect())
+    }
+
+    /// The container's cgroup metrics, and which cgroup version they are of
+    /// (their units differ: v1 cpu time is in ns, v2 in µs).
+    pub fn stats(&self) -> Result<(CgroupStats, CgroupVersion), ContainerError> {
+        let stats = self
+            .cgroup_manager()?
+            .stats()
+            .map_err(|e| ContainerError::Cgroup { id: self.id.clone(), message: e.to_string() })?;
+        let version = match libcgroups::common::get_cgroup_setup() {
+            Ok(libcgroups::common::CgroupSetup::Unified) => CgroupVersion::V2,
+            _ => CgroupVersion::V1,
+        };
+        Ok((stats, version))
     }
 }

@@ -13,7 +13,7 @@ pub mod stdio;
 pub mod wasm;
 pub mod workload;
 
-pub use container::{ContainerConfig, ContainerError, HybridContainer};
+pub use container::{CgroupStats, CgroupVersion, ContainerConfig, ContainerError, HybridContainer};
 pub use exec::PreparedExec;
 pub use stdio::StdioPaths;
 pub use wasm::{WasiSetup, WasmSandbox};

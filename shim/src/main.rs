@@ -3,6 +3,7 @@
 //! container lifecycle in `hybrid-runtime`.
 
 mod events;
+mod metrics;
 mod rootfs;
 mod service;
 mod state;

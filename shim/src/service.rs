@@ -315,6 +315,14 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 
+    fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        let st = self.lock();
+        let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let (stats, version) = entry.container.stats().map_err(internal)?;
+        let any = crate::metrics::to_any(&stats, version).map_err(internal)?;
+        Ok(api::StatsResponse { stats: MessageField::some(any), ..Default::default() })
+    }
+
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let st = self.lock();
         let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
