@@ -20,6 +20,7 @@ pub const WASM_VARIANT_ANNOTATION: &str = "module.wasm.image/variant";
 
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+const HEAD_LEN: u64 = 4096;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, thiserror::Error)]
@@ -188,8 +189,9 @@ fn read_head(root: &pathrs::Root, path: &Path) -> std::io::Result<Vec<u8>> {
     let file: File = handle
         .reopen(pathrs::flags::OpenFlags::O_RDONLY)
         .map_err(std::io::Error::other)?;
-    let mut head = Vec::with_capacity(64);
-    file.take(64).read_to_end(&mut head)?;
+    // Enough for the magic numbers, and for a WAT module's leading comments.
+    let mut head = Vec::with_capacity(HEAD_LEN as usize);
+    file.take(HEAD_LEN).read_to_end(&mut head)?;
     Ok(head)
 }
 
@@ -202,12 +204,27 @@ pub fn classify(path: &Path, head: &[u8]) -> Option<WorkloadKind> {
         return Some(WorkloadKind::Native);
     }
     let text = String::from_utf8_lossy(head);
-    let trimmed = text.trim_start();
-    let looks_like_wat = trimmed.starts_with("(module") || trimmed.starts_with("(component");
-    if looks_like_wat || (path.extension().is_some_and(|e| e == "wat") && trimmed.starts_with('(')) {
+    let code = skip_wat_trivia(&text);
+    let looks_like_wat = code.starts_with("(module") || code.starts_with("(component");
+    if looks_like_wat || (path.extension().is_some_and(|e| e == "wat") && code.starts_with('(')) {
         return Some(WorkloadKind::WasmText);
     }
     None
+}
+
+/// The text after leading whitespace and WAT comments (`;; line` and
+/// `(; block ;)`).
+fn skip_wat_trivia(mut text: &str) -> &str {
+    loop {
+        text = text.trim_start();
+        if let Some(rest) = text.strip_prefix(";;") {
+            text = rest.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(rest) = text.strip_prefix("(;") {
+            text = rest.split_once(";)").map_or("", |(_, after)| after);
+        } else {
+            return text;
+        }
+    }
 }
 
 fn describe(head: &[u8]) -> String {
@@ -262,6 +279,12 @@ mod tests {
     #[test]
     fn wat_text_is_wasm() {
         let root = rootfs_with(&[("/m.wat", b"  (module (func))")]);
+        assert_eq!(decide_args(root.path(), &["/m.wat"], &[]).expect("wat").kind, WorkloadKind::WasmText);
+    }
+
+    #[test]
+    fn wat_after_comments_is_wasm() {
+        let root = rootfs_with(&[("/m.wat", b";; a comment\n(; block ;)\n  (module (func))")]);
         assert_eq!(decide_args(root.path(), &["/m.wat"], &[]).expect("wat").kind, WorkloadKind::WasmText);
     }
 

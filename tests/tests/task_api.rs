@@ -1,0 +1,159 @@
+//! The task API beyond run-to-completion: exec, pause/resume, pids, kill
+//! --all and metrics, for native and wasm tasks, driven through ctr.
+
+use std::time::Duration;
+
+use hybrid_tests::*;
+
+/// A detached task of `image` that stays running, deleted on drop.
+struct Running<'a> {
+    env: &'a Env,
+    id: String,
+}
+
+impl<'a> Running<'a> {
+    fn start(env: &'a Env, image_ref: &str, args: &[&str]) -> Self {
+        let id = unique_id("api");
+        let run = env.ctr_out(&[&["run", "-d", "--runtime", HYBRID_RUNTIME, image_ref, &id][..], args].concat());
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(env.wait_for_status(&id, "RUNNING", Duration::from_secs(30)), "task {id} never ran");
+        Running { env, id }
+    }
+
+    fn exec(&self, exec_id: &str, args: &[&str]) -> Ran {
+        self.env.ctr_out(&[&["task", "exec", "--exec-id", exec_id, &self.id][..], args].concat())
+    }
+
+    fn metric(&self, name: &str) -> Option<u64> {
+        let out = self.env.ctr_out(&["task", "metrics", &self.id]);
+        out.stdout.lines().find_map(|l| {
+            let mut cols = l.split_whitespace();
+            (cols.next() == Some(name)).then(|| cols.next()?.parse().ok()).flatten()
+        })
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let _ = self.env.ctr_out(&["task", "resume", &self.id]);
+        let _ = self.env.ctr_out(&["task", "kill", "-a", "-s", "SIGKILL", &self.id]);
+        self.env.wait_for_status(&self.id, "STOPPED", Duration::from_secs(10));
+        let _ = self.env.ctr_out(&["task", "rm", &self.id]);
+        let _ = self.env.ctr_out(&["container", "rm", &self.id]);
+    }
+}
+
+#[test]
+fn exec_into_a_native_container_gives_output_and_exit_code() {
+    let env = env();
+    let task = Running::start(env, &image("busybox"), &["sleep", "60"]);
+    let ran = task.exec("e1", &["sh", "-c", "echo exec pid=$$ in $(hostname); exit 4"]);
+    assert_eq!(ran.code, 4, "the exec's exit code comes through Wait: {ran:?}");
+    assert!(ran.stdout.contains("exec pid="), "{ran:?}");
+    // The exec joined the container's pid namespace: its pid there is small.
+    let pid: u32 = ran.stdout.split("pid=").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|p| p.parse().ok()).expect("pid");
+    assert!(pid < 100, "exec runs in the container's pid namespace, got pid {pid}");
+}
+
+/// An image with a sleeping module as init and a quick one to exec.
+fn two_module_image() -> String {
+    build_image(
+        "exec-wasm",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY sleep.wat exit.wat /\nENTRYPOINT [\"/sleep.wat\"]\n"),
+            ("sleep.wat", include_str!("../../wasm-examples/sleep-wat/sleep.wat")),
+            ("exit.wat", include_str!("../../wasm-examples/exit-wat/exit.wat")),
+        ],
+    )
+}
+
+#[test]
+fn exec_of_a_wasm_module_in_a_wasm_container_reports_its_exit_code() {
+    let env = env();
+    let task = Running::start(env, &two_module_image(), &[]);
+    let ran = task.exec("w1", &["/exit.wat"]);
+    assert_eq!(ran.code, 3, "proc_exit(3) of the exec'd module: {ran:?}");
+    assert!(!ran.stdout.trim().is_empty(), "the exec'd module's output reaches ctr: {ran:?}");
+}
+
+#[test]
+fn exec_of_a_missing_entrypoint_fails_naming_it() {
+    let env = env();
+    let task = Running::start(env, &two_module_image(), &[]);
+    let ran = task.exec("m1", &["/not-here.wasm"]);
+    assert_ne!(ran.code, 0, "{ran:?}");
+    assert!(ran.stderr.contains("/not-here.wasm"), "{ran:?}");
+}
+
+#[test]
+fn exec_of_a_wasm_module_beside_a_native_init() {
+    let env = env();
+    let image_ref = build_image(
+        "exec-wasm-native",
+        &[
+            ("Dockerfile", "FROM hybrid-examples/busybox\nCOPY exit.wat /exit.wat\n"),
+            ("exit.wat", include_str!("../../wasm-examples/exit-wat/exit.wat")),
+        ],
+    );
+    let task = Running::start(env, &image_ref, &["sleep", "60"]);
+    let ran = task.exec("x1", &["/exit.wat"]);
+    assert_eq!(ran.code, 3, "a wasm exec beside a native init: {ran:?}");
+}
+
+#[test]
+fn pause_freezes_a_spinning_wasm_task_and_resume_thaws_it() {
+    let env = env();
+    let image_ref = build_image(
+        "pause-spin",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY spin.wat /spin.wat\nENTRYPOINT [\"/spin.wat\"]\n"),
+            ("spin.wat", "(module (memory (export \"memory\") 1) (func (export \"_start\") (loop (br 0))))\n;; pause\n"),
+        ],
+    );
+    let task = Running::start(env, &image_ref, &[]);
+    let pause = env.ctr_out(&["task", "pause", &task.id]);
+    assert_eq!(pause.code, 0, "{pause:?}");
+    assert_eq!(env.task_status(&task.id).as_deref(), Some("PAUSED"));
+    let before = task.metric("cpuacct.usage").expect("cpu usage while paused");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = task.metric("cpuacct.usage").expect("cpu usage while paused");
+    assert_eq!(before, after, "a paused wasm task makes no progress");
+    let resume = env.ctr_out(&["task", "resume", &task.id]);
+    assert_eq!(resume.code, 0, "{resume:?}");
+    assert_eq!(env.task_status(&task.id).as_deref(), Some("RUNNING"));
+    std::thread::sleep(Duration::from_millis(300));
+    let resumed = task.metric("cpuacct.usage").expect("cpu usage after resume");
+    assert!(resumed > after, "a resumed task spins again ({after} -> {resumed})");
+}
+
+#[test]
+fn pids_lists_every_process_and_kill_all_signals_them_all() {
+    let env = env();
+    let task = Running::start(env, &image("busybox"), &["sh", "-c", "sleep 60 & sleep 60 & wait"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let ps = env.ctr_out(&["task", "ps", &task.id]);
+    let pids: Vec<i32> = ps.stdout.lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    assert_eq!(pids.len(), 3, "sh and its two sleeps: {ps:?}");
+    let kill = env.ctr_out(&["task", "kill", "--all", "-s", "SIGKILL", &task.id]);
+    assert_eq!(kill.code, 0, "{kill:?}");
+    assert!(env.wait_for_status(&task.id, "STOPPED", Duration::from_secs(5)));
+    for pid in pids {
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        });
+        assert!(gone, "process {pid} survived kill --all");
+    }
+}
+
+#[test]
+fn metrics_show_memory_cpu_and_pids_for_both_kinds() {
+    let env = env();
+    for (image_ref, args) in [(image("busybox"), vec!["sleep", "60"]), (image("sleep-wat"), vec![])] {
+        let task = Running::start(env, &image_ref, &args);
+        let memory = task.metric("memory.usage_in_bytes").unwrap_or_else(|| panic!("memory metric for {image_ref}"));
+        assert!(memory > 0, "{image_ref}: memory {memory}");
+        assert!(task.metric("cpuacct.usage").is_some_and(|c| c > 0), "{image_ref}: cpu");
+        assert!(task.metric("pids.current").is_some_and(|p| p >= 1), "{image_ref}: pids");
+    }
+}
