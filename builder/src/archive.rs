@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType};
 use thiserror::Error;
@@ -59,34 +59,11 @@ pub fn write(
 ) -> Result<(), ArchiveError> {
     let shown = path.display().to_string();
     let write_err = |source| ArchiveError::Write { path: shown.clone(), source };
-
-    let mut target = image.target.clone();
-    let mut annotations = HashMap::new();
-    annotations.insert(ANNOTATION_IMAGE_NAME.to_string(), name.to_string());
-    if let Some(tag) = tag {
-        annotations.insert(ANNOTATION_REF_NAME.to_string(), tag.to_string());
-    }
-    target.set_annotations(Some(annotations));
-    let index = ImageIndexBuilder::default()
-        .schema_version(2u32)
-        .media_type(MediaType::ImageIndex)
-        .manifests(vec![target])
-        .build()
-        .map_err(|e| ArchiveError::Invalid { path: shown.clone(), reason: e.to_string() })?;
-    let index_json = canonical_json(&index).map_err(|e| write_err(io::Error::other(e)))?;
-
-    // Sorted, deduplicated blob list.
-    let mut files: BTreeMap<String, std::path::PathBuf> = BTreeMap::new();
-    for digest in image.blobs.iter().chain(std::iter::once(&image.target.digest().to_string())) {
-        let missing = || ArchiveError::MissingBlob { path: shown.clone(), digest: digest.clone() };
-        let hex = sha256_hex(digest).ok_or_else(missing)?;
-        if !blobs.has_local(digest) {
-            return Err(missing());
-        }
-        files.insert(hex.to_string(), blobs.path(digest).map_err(write_err)?);
-    }
+    let index_json = index_json(image, name, tag, &shown)?;
+    let files = blob_files(blobs, image, &shown)?;
 
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+
     let temp = tempfile::Builder::new().prefix(".hybrid-archive-").tempfile_in(dir).map_err(write_err)?;
     let mut builder = tar::Builder::new(BufWriter::new(temp.as_file()));
     let header = |kind: tar::EntryType, mode: u32, size: u64| {
@@ -117,6 +94,82 @@ pub fn write(
     drop(out);
     temp.as_file().sync_all().map_err(write_err)?;
     temp.persist(path).map_err(|e| write_err(e.error))?;
+    Ok(())
+}
+
+/// `index.json` for `image`, its entry annotated with `name` and `tag`.
+fn index_json(image: &ArchiveImage<'_>, name: &str, tag: Option<&str>, shown: &str) -> Result<Vec<u8>, ArchiveError> {
+    let mut target = image.target.clone();
+    let mut annotations = HashMap::new();
+    annotations.insert(ANNOTATION_IMAGE_NAME.to_string(), name.to_string());
+    if let Some(tag) = tag {
+        annotations.insert(ANNOTATION_REF_NAME.to_string(), tag.to_string());
+    }
+    target.set_annotations(Some(annotations));
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(vec![target])
+        .build()
+        .map_err(|e| ArchiveError::Invalid { path: shown.to_string(), reason: e.to_string() })?;
+    canonical_json(&index).map_err(|e| ArchiveError::Write { path: shown.to_string(), source: io::Error::other(e) })
+}
+
+/// The image's blobs (hex → local file), sorted and deduplicated.
+fn blob_files(blobs: &BlobStore, image: &ArchiveImage<'_>, shown: &str) -> Result<BTreeMap<String, PathBuf>, ArchiveError> {
+    let mut files = BTreeMap::new();
+    for digest in image.blobs.iter().chain(std::iter::once(&image.target.digest().to_string())) {
+        let missing = || ArchiveError::MissingBlob { path: shown.to_string(), digest: digest.clone() };
+        let hex = sha256_hex(digest).ok_or_else(missing)?;
+        if !blobs.has_local(digest) {
+            return Err(missing());
+        }
+        let path = blobs.path(digest).map_err(|source| ArchiveError::Write { path: shown.to_string(), source })?;
+        files.insert(hex.to_string(), path);
+    }
+    Ok(files)
+}
+
+/// Write `image` as an OCI image layout directory at `dir` (`oci-layout`,
+/// `index.json`, `blobs/sha256/`); every file's mtime is `mtime`
+/// (SOURCE_DATE_EPOCH), so the directory packs reproducibly.
+pub fn write_layout(
+    dir: &Path,
+    blobs: &BlobStore,
+    image: &ArchiveImage<'_>,
+    name: &str,
+    tag: Option<&str>,
+    mtime: u64,
+) -> Result<(), ArchiveError> {
+    let shown = dir.display().to_string();
+    let write_err = |source| ArchiveError::Write { path: shown.clone(), source };
+    let index_json = index_json(image, name, tag, &shown)?;
+    let files = blob_files(blobs, image, &shown)?;
+    let blob_dir = dir.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blob_dir).map_err(write_err)?;
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
+    // Through a temporary file and a rename: readers never see half a file.
+    let put = |path: &Path, data: &mut dyn Read| -> io::Result<()> {
+        let parent = path.parent().unwrap_or(Path::new("."));
+        let mut temp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(parent)?;
+        io::copy(data, &mut temp)?;
+        // Blobs are public content: readable like an extracted archive.
+        std::fs::set_permissions(temp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        temp.as_file().set_modified(time)?;
+        temp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    };
+    for (hex, file) in &files {
+        let target = blob_dir.join(hex);
+        if !target.is_file() {
+            put(&target, &mut File::open(file).map_err(write_err)?).map_err(write_err)?;
+        }
+    }
+    put(&dir.join("oci-layout"), &mut &OCI_LAYOUT[..]).map_err(write_err)?;
+    put(&dir.join("index.json"), &mut &index_json[..]).map_err(write_err)?;
+    for d in [blob_dir.as_path(), blob_dir.parent().unwrap_or(dir), dir] {
+        File::open(d).and_then(|f| f.set_modified(time)).map_err(write_err)?;
+    }
     Ok(())
 }
 

@@ -1,26 +1,29 @@
-//! One build: the Dockerfile's instructions applied in order to an
-//! [`ImageState`], COPY/ADD layers written into a [`BlobStore`].
+//! One build: the Dockerfile's instructions applied in order, stage by
+//! stage, each stage an [`ImageState`]; COPY/ADD (see [`crate::copystep`])
+//! write layers into a [`BlobStore`].
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::io::{self, Read};
+use std::io;
 use std::path::PathBuf;
 
-use flate2::read::GzDecoder;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 use thiserror::Error;
 
 use crate::archive::{self, ArchiveError};
+use crate::basefs::BaseDirs;
 use crate::blobs::BlobStore;
+use crate::cache::{chain_key, Cache};
 use crate::containerd::{ContainerdError, ContainerdStore};
-use crate::copy::{self, dest_spelled_as_dir, CopySpec};
 use crate::dockerfile::{Instruction, Kind, Words};
-use crate::image::{descriptor, is_index, parse_json, rfc3339, select_platform, ImageError, ImageState};
-use crate::layer::{clean_image_path, LayerError, LayerWriter};
+use crate::ignore::Ignore;
+use crate::image::{is_index, parse_json, rfc3339, select_platform, ImageError, ImageState};
+use crate::layer::{clean_image_path, LayerError};
+use crate::owner::OwnerError;
 use crate::reference::{self, ReferenceError};
 use crate::words::{self, WordError};
-use crate::ContainerdOptions;
+use crate::{BuildOptions, ContainerdOptions, StepReport};
 
-/// Why one instruction failed (wrapped with `file:line:` by the caller).
+/// Why one instruction failed (wrapped with `file:line:column:` by the caller).
 #[derive(Debug, Error)]
 pub enum StepError {
     #[error(transparent)]
@@ -35,6 +38,8 @@ pub enum StepError {
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Owner(#[from] OwnerError),
     #[error("invalid port {0:?} (want PORT[/tcp|udp|sctp] or a range PORT-PORT)")]
     Port(String),
     #[error("{0} requires a non-empty value")]
@@ -49,62 +54,31 @@ pub enum StepError {
         #[source]
         source: io::Error,
     },
-}
-
-/// Directories (and symlinks, to follow) of the base image's layers, to
-/// tell whether `COPY file /some/dir` means a directory there.
-#[derive(Default)]
-struct BaseDirs {
-    dirs: HashSet<String>,
-    links: HashMap<String, String>,
-}
-
-impl BaseDirs {
-    fn scan(&mut self, layer: impl Read) -> io::Result<()> {
-        let mut archive = tar::Archive::new(layer);
-        for entry in archive.entries()? {
-            let entry = entry?;
-            let path = clean_image_path("/", &entry.path()?.to_string_lossy());
-            let (parent, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
-            if let Some(hidden) = name.strip_prefix(".wh.") {
-                let gone = clean_image_path("/", &format!("{parent}/{hidden}"));
-                self.dirs.remove(&gone);
-                self.links.remove(&gone);
-                continue;
-            }
-            self.dirs.remove(&path);
-            self.links.remove(&path);
-            match entry.header().entry_type() {
-                tar::EntryType::Directory => {
-                    self.dirs.insert(path);
-                }
-                tar::EntryType::Symlink => {
-                    if let Some(target) = entry.link_name()? {
-                        self.links.insert(path, target.to_string_lossy().into_owned());
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    fn is_dir(&self, path: &str) -> bool {
-        let mut path = path.to_string();
-        for _ in 0..16 {
-            if path.is_empty() || self.dirs.contains(&path) {
-                return true;
-            }
-            let Some(target) = self.links.get(&path) else { return false };
-            let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
-            path = clean_image_path(&format!("/{parent}"), target);
-        }
-        false
-    }
+    #[error("COPY --from={0}: a stage cannot copy from itself")]
+    FromItself(String),
+    #[error("COPY --from={0}: stage index out of range (only {1} earlier stages)")]
+    StageIndex(String, usize),
+    #[error("cannot unpack layer {digest} of {what}")]
+    Unpack {
+        digest: String,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot stage the heredoc {name}")]
+    Heredoc {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no {what} {name:?} in the image's {file}")]
+    NoUser { what: &'static str, name: String, file: &'static str },
+    #[error("cannot create a directory for {0}")]
+    Temp(String, #[source] io::Error),
 }
 
 /// Connect to containerd on first use.
-async fn connect<'a>(
+pub(crate) async fn connect<'a>(
     slot: &'a mut Option<ContainerdStore>,
     options: &ContainerdOptions,
 ) -> Result<&'a ContainerdStore, ContainerdError> {
@@ -115,41 +89,94 @@ async fn connect<'a>(
     Ok(slot.insert(store))
 }
 
-pub(crate) struct Session<'a> {
-    pub containerd: &'a ContainerdOptions,
-    pub context: PathBuf,
-    pub blobs: BlobStore,
-    pub store: Option<ContainerdStore>,
+/// One build stage (`FROM ... [AS name]` and what follows).
+#[derive(Clone)]
+pub(crate) struct Stage {
+    pub name: Option<String>,
     pub image: ImageState,
-    pub mtime: u64,
-    scratch: bool,
-    base_layers: Vec<Descriptor>,
-    base_dirs: Option<BaseDirs>,
-    /// Directories made by this build (layers and WORKDIR).
-    built_dirs: BTreeSet<String>,
+    /// FROM scratch (layers then carry their parent directories).
+    pub scratch: bool,
+    pub base_layers: Vec<Descriptor>,
+    pub base_dirs: Option<BaseDirs>,
+    /// Directories made by this stage (layers and WORKDIR).
+    pub built_dirs: BTreeSet<String>,
+    /// ARGs declared in this stage, with their values.
+    pub args: HashMap<String, String>,
+    /// Build cache key of the last layer (or the base).
+    pub cache_key: String,
 }
 
-impl<'a> Session<'a> {
-    pub fn new(containerd: &'a ContainerdOptions, context: PathBuf, blobs: BlobStore, mtime: u64) -> Self {
-        Session {
-            containerd,
-            context,
-            blobs,
-            store: None,
-            image: ImageState::scratch(rfc3339(mtime)),
-            mtime,
+impl Stage {
+    fn scratch(created: String, settings: &str) -> Stage {
+        Stage {
+            name: None,
+            image: ImageState::scratch(created),
             scratch: true,
             base_layers: Vec::new(),
             base_dirs: None,
             built_dirs: BTreeSet::new(),
+            args: HashMap::new(),
+            cache_key: chain_key(settings, &["scratch"]),
+        }
+    }
+}
+
+pub(crate) struct Session<'a> {
+    pub options: &'a BuildOptions,
+    pub context: PathBuf,
+    pub ignore: Ignore,
+    pub blobs: BlobStore,
+    pub store: Option<ContainerdStore>,
+    pub mtime: u64,
+    pub escape: char,
+    pub cache: Option<Cache>,
+    /// What layer bytes depend on besides the steps (compression, mtime).
+    settings_key: String,
+    global_args: HashMap<String, String>,
+    pub declared_args: HashSet<String>,
+    /// Finished stages, in order.
+    pub stages: Vec<Stage>,
+    pub stage: Stage,
+    started: bool,
+    /// Unpacked stages and images for `COPY --from`.
+    pub rootfs: HashMap<String, tempfile::TempDir>,
+    pub steps: Vec<StepReport>,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(options: &'a BuildOptions, context: PathBuf, ignore: Ignore, blobs: BlobStore, escape: char, cache: Option<Cache>) -> Self {
+        let mtime = options.source_date_epoch;
+        let settings_key = chain_key("hybrid-build-v1", &[&options.compression.to_string(), &mtime.to_string()]);
+        Session {
+            options,
+            context,
+            ignore,
+            blobs,
+            store: None,
+            mtime,
+            escape,
+            cache,
+            stage: Stage::scratch(rfc3339(mtime), &settings_key),
+            settings_key,
+            global_args: HashMap::new(),
+            declared_args: HashSet::new(),
+            stages: Vec::new(),
+            started: false,
+            rootfs: HashMap::new(),
+            steps: Vec::new(),
         }
     }
 
-    fn expand(&self, raw: &str) -> Result<String, WordError> {
-        words::expand(raw, &|name| self.image.env(name))
+    /// The value of `name` in the current stage: ENV wins over ARG.
+    pub fn lookup(&self, name: &str) -> Option<String> {
+        self.stage.image.env(name).or_else(|| self.stage.args.get(name).cloned())
     }
 
-    fn expand_words(&self, words: &Words) -> Result<Vec<String>, WordError> {
+    pub fn expand(&self, raw: &str) -> Result<String, WordError> {
+        words::expand(raw, self.escape, &|name| self.lookup(name))
+    }
+
+    pub fn expand_words(&self, words: &Words) -> Result<Vec<String>, WordError> {
         if words.json {
             return Ok(words.words.clone());
         }
@@ -162,37 +189,53 @@ impl<'a> Session<'a> {
         pairs.iter().map(|(k, v)| Ok((self.expand(k)?, self.expand(v)?))).collect()
     }
 
+    /// The name of the stage being built (for `--target`).
+    pub fn current_stage_name(&self) -> Option<&str> {
+        self.started.then_some(self.stage.name.as_deref()).flatten()
+    }
+
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
     pub async fn step(&mut self, instruction: &Instruction) -> Result<(), StepError> {
         let text = instruction.text.as_str();
         match &instruction.kind {
-            Kind::From { image } => return self.from(image).await,
-            Kind::Copy(words) => return self.copy(words, false, text).await,
-            Kind::Add(words) => return self.copy(words, true, text).await,
+            Kind::From { image, name } => return self.from(image, name.clone()).await,
+            Kind::Arg(list) => return self.arg(list),
+            Kind::Copy(args) => return self.copy(args, false, text).await,
+            Kind::Add(args) => return self.copy(args, true, text).await,
             Kind::Workdir(raw) => {
                 let dir = self.expand(raw)?;
                 if dir.is_empty() {
                     return Err(StepError::Empty("WORKDIR"));
                 }
-                let clean = clean_image_path(&self.image.workdir(), &dir);
-                self.built_dirs.insert(clean.clone());
-                self.image.set_workdir(format!("/{clean}"));
+                let clean = clean_image_path(&self.stage.image.workdir(), &dir);
+                self.stage.built_dirs.insert(clean.clone());
+                self.stage.image.set_workdir(format!("/{clean}"));
             }
             Kind::Env(pairs) => {
                 for (k, v) in self.expand_pairs(pairs)? {
-                    self.image.set_env(&k, &v);
+                    self.stage.image.set_env(&k, &v);
                 }
             }
             Kind::Label(pairs) => {
                 for (k, v) in self.expand_pairs(pairs)? {
-                    self.image.set_label(k, v);
+                    self.stage.image.set_label(k, v);
                 }
             }
-            Kind::Cmd(command) => self.image.set_cmd(command.argv()),
-            Kind::Entrypoint(command) => self.image.set_entrypoint(command.argv()),
+            Kind::Cmd(command) => {
+                let argv = command.argv(&self.stage.image.shell());
+                self.stage.image.set_cmd(argv);
+            }
+            Kind::Entrypoint(command) => {
+                let argv = command.argv(&self.stage.image.shell());
+                self.stage.image.set_entrypoint(argv);
+            }
             Kind::Expose(raw) => {
                 for word in raw {
                     let port = normalize_port(&self.expand(word)?)?;
-                    self.image.add_exposed_port(port);
+                    self.stage.image.add_exposed_port(port);
                 }
             }
             Kind::Volume(words) => {
@@ -200,37 +243,129 @@ impl<'a> Session<'a> {
                     if path.is_empty() {
                         return Err(StepError::Empty("VOLUME"));
                     }
-                    self.image.add_volume(path);
+                    self.stage.image.add_volume(path);
                 }
             }
             Kind::User(raw) => {
                 let user = self.expand(raw)?;
-                self.image.set_user(user);
+                if user.is_empty() {
+                    return Err(StepError::Empty("USER"));
+                }
+                self.check_user(&user).await?;
+                self.stage.image.set_user(user);
             }
             Kind::StopSignal(raw) => {
                 let signal = self.expand(raw)?;
-                self.image.set_stop_signal(signal);
+                self.stage.image.set_stop_signal(signal);
             }
+            Kind::Shell(shell) => self.stage.image.set_shell(shell.clone()),
+            Kind::Healthcheck(check) => self.stage.image.set_healthcheck(check.as_ref()),
+            // Stored as written: the trigger runs (and expands) in the child build.
+            Kind::OnBuild(trigger) => self.stage.image.add_onbuild(trigger.clone()),
         }
-        self.image.add_history(text);
+        self.stage.image.add_history(text);
         Ok(())
     }
 
-    async fn from(&mut self, raw: &str) -> Result<(), StepError> {
-        let image = words::expand(raw, &|_| None)?;
+    fn build_arg(&self, name: &str) -> Option<String> {
+        self.options.build_args.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    /// ARG before FROM sets a global (for FROM lines, and for stages that
+    /// declare it again); inside a stage it is visible to what follows.
+    fn arg(&mut self, list: &[(String, Option<String>)]) -> Result<(), StepError> {
+        for (name, default) in list {
+            self.declared_args.insert(name.clone());
+            let value = match self.build_arg(name) {
+                Some(v) => Some(v),
+                None => match default {
+                    Some(raw) if self.started => Some(self.expand(raw)?),
+                    Some(raw) => Some(words::expand(raw, self.escape, &|n| self.global_args.get(n).cloned())?),
+                    None if self.started => self.global_args.get(name).cloned(),
+                    None => None,
+                },
+            };
+            let Some(value) = value else { continue };
+            if self.started {
+                self.stage.args.insert(name.clone(), value);
+            } else {
+                self.global_args.insert(name.clone(), value);
+            }
+        }
+        Ok(())
+    }
+
+    /// A stage the output does not need: recorded (so stage indexes stay
+    /// right) but not built, like buildkit does.
+    pub fn skip_stage(&mut self, name: Option<String>, args: &[String]) {
+        if self.started {
+            let done = std::mem::replace(&mut self.stage, Stage::scratch(rfc3339(self.mtime), &self.settings_key));
+            self.stages.push(done);
+        }
+        self.started = true;
+        self.stage = Stage::scratch(rfc3339(self.mtime), &self.settings_key);
+        self.stage.name = name;
+        self.declared_args.extend(args.iter().cloned());
+    }
+
+    /// The finished stage named `name` (case-insensitive), or at index `name`.
+    pub fn find_stage(&self, name: &str) -> Option<usize> {
+        let lower = name.to_ascii_lowercase();
+        self.stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(lower.as_str()))
+            .or_else(|| name.parse::<usize>().ok().filter(|i| *i < self.stages.len()))
+    }
+
+    async fn from(&mut self, raw: &str, name: Option<String>) -> Result<(), StepError> {
+        let image = words::expand(raw, self.escape, &|n| self.global_args.get(n).cloned())?;
+        if image.is_empty() {
+            return Err(StepError::Empty("FROM"));
+        }
+        if self.started {
+            let done = std::mem::replace(&mut self.stage, Stage::scratch(rfc3339(self.mtime), &self.settings_key));
+            self.stages.push(done);
+        }
+        self.started = true;
+        let lower = image.to_ascii_lowercase();
+        let earlier = self.stages.iter().rposition(|s| s.name.as_deref() == Some(lower.as_str()));
+        let mut stage = match earlier {
+            Some(i) => {
+                let mut stage = self.stages[i].clone();
+                // ONBUILD triggers of a stage run only for images built on it.
+                stage.image.base_triggers.clear();
+                stage
+            }
+            None => self.base_stage(&image).await?,
+        };
+        stage.name = name;
+        stage.args.clear();
+        self.stage = stage;
+        Ok(())
+    }
+
+    /// A fresh stage on the image `image` (`scratch`, `oci-archive:PATH` or
+    /// a containerd image).
+    pub async fn base_stage(&mut self, image: &str) -> Result<Stage, StepError> {
         let created = rfc3339(self.mtime);
         if image == "scratch" {
-            self.image = ImageState::scratch(created);
-            return Ok(());
+            return Ok(Stage::scratch(created, &self.settings_key));
         }
-        let (manifest, config) = match image.strip_prefix("oci-archive:") {
+        let (manifest, config, raw, digest) = match image.strip_prefix("oci-archive:") {
             Some(path) => self.base_from_archive(path)?,
-            None => self.base_from_containerd(&image).await?,
+            None => self.base_from_containerd(image).await?,
         };
-        self.scratch = false;
-        self.image = ImageState::from_base(config, &manifest, created);
-        self.base_layers = self.image.layers().to_vec();
-        Ok(())
+        let state = ImageState::from_base(config, &raw, &manifest, created);
+        Ok(Stage {
+            name: None,
+            base_layers: state.layers().to_vec(),
+            image: state,
+            scratch: false,
+            base_dirs: None,
+            built_dirs: BTreeSet::new(),
+            args: HashMap::new(),
+            cache_key: chain_key(&self.settings_key, &["base", &digest]),
+        })
     }
 
     fn local_blob(&self, digest: &str) -> Result<Vec<u8>, StepError> {
@@ -238,8 +373,9 @@ impl<'a> Session<'a> {
     }
 
     /// The archive path: absolute, relative to the context, or else to the
-    /// current directory.
-    fn base_from_archive(&mut self, path: &str) -> Result<(ImageManifest, ImageConfiguration), StepError> {
+    /// current directory. Returns manifest, config, raw config and the
+    /// manifest digest.
+    fn base_from_archive(&mut self, path: &str) -> Result<(ImageManifest, ImageConfiguration, Vec<u8>, String), StepError> {
         let in_context = self.context.join(path);
         let path = [in_context, PathBuf::from(path)]
             .into_iter()
@@ -260,13 +396,14 @@ impl<'a> Session<'a> {
         let digest = target.digest().to_string();
         let manifest: ImageManifest = parse_json("manifest", &digest, &self.local_blob(&digest)?)?;
         let config_digest = manifest.config().digest().to_string();
-        let config = parse_json("config", &config_digest, &self.local_blob(&config_digest)?)?;
-        Ok((manifest, config))
+        let raw = self.local_blob(&config_digest)?;
+        let config = parse_json("config", &config_digest, &raw)?;
+        Ok((manifest, config, raw, digest))
     }
 
-    async fn base_from_containerd(&mut self, image: &str) -> Result<(ImageManifest, ImageConfiguration), StepError> {
+    async fn base_from_containerd(&mut self, image: &str) -> Result<(ImageManifest, ImageConfiguration, Vec<u8>, String), StepError> {
         let name = reference::normalize(image)?;
-        let store = connect(&mut self.store, self.containerd).await?;
+        let store = connect(&mut self.store, &self.options.containerd).await?;
         let mut target = store.get_image(&name).await?;
         if is_index(target.media_type()) {
             let digest = target.digest().to_string();
@@ -276,12 +413,43 @@ impl<'a> Session<'a> {
         let digest = target.digest().to_string();
         let manifest: ImageManifest = parse_json("manifest", &digest, &store.read(&digest, &self.blobs).await?)?;
         let config_digest = manifest.config().digest().to_string();
-        let config = parse_json("config", &config_digest, &store.read(&config_digest, &self.blobs).await?)?;
+        let raw = store.read(&config_digest, &self.blobs).await?;
+        let config = parse_json("config", &config_digest, &raw)?;
         for layer in manifest.layers() {
             self.blobs.mark_remote(layer.digest().as_ref());
         }
         tracing::info!("base image {name} ({digest}) from containerd");
-        Ok((manifest, config))
+        Ok((manifest, config, raw, digest))
+    }
+
+    /// USER names (not numbers) must exist in the image's /etc/passwd and
+    /// /etc/group when it has them: else the container could not start.
+    /// Images without them (wasm on scratch) are not checked, and neither
+    /// are base layers that stayed in containerd (no fetch just for this).
+    async fn check_user(&mut self, user: &str) -> Result<(), StepError> {
+        let (name, group) = user.split_once(':').map_or((user, None), |(u, g)| (u, Some(g)));
+        let all_local = self.stage.image.layers().iter().all(|l| self.blobs.has_local(l.digest().as_ref()));
+        if !all_local {
+            return Ok(());
+        }
+        let checks = [(Some(name), "user", "etc/passwd"), (group, "group", "etc/group")];
+        for (wanted, what, file) in checks {
+            let Some(wanted) = wanted.filter(|w| w.parse::<u32>().is_err()) else { continue };
+            let Some(content) = self.image_file(file).await? else { continue };
+            if !content.lines().any(|line| line.split(':').next() == Some(wanted)) {
+                let file = if what == "user" { "/etc/passwd" } else { "/etc/group" };
+                return Err(StepError::NoUser { what, name: wanted.to_string(), file });
+            }
+        }
+        Ok(())
+    }
+
+    /// Make the blob `digest` local (fetching it from containerd).
+    pub async fn ensure_local(&mut self, digest: &str) -> Result<(), StepError> {
+        if !self.blobs.has_local(digest) {
+            connect(&mut self.store, &self.options.containerd).await?.fetch(digest, &self.blobs).await?;
+        }
+        Ok(())
     }
 
     /// Fetch from containerd the blobs an OCI archive needs but that stayed
@@ -291,57 +459,11 @@ impl<'a> Session<'a> {
         if missing.is_empty() {
             return Ok(());
         }
-        let store = connect(&mut self.store, self.containerd).await?;
+        let store = connect(&mut self.store, &self.options.containerd).await?;
         for digest in missing {
             tracing::info!("fetching {digest} from containerd");
             store.fetch(&digest, &self.blobs).await?;
         }
-        Ok(())
-    }
-
-    async fn ensure_base_dirs(&mut self) -> Result<(), StepError> {
-        if self.base_dirs.is_some() {
-            return Ok(());
-        }
-        let mut dirs = BaseDirs::default();
-        for layer in self.base_layers.clone() {
-            let digest = layer.digest().to_string();
-            if !self.blobs.has_local(&digest) {
-                connect(&mut self.store, self.containerd).await?.fetch(&digest, &self.blobs).await?;
-            }
-            let blob_err = |source| StepError::BaseBlob { digest: digest.clone(), source };
-            let mut file = io::BufReader::new(self.blobs.open(&digest).map_err(blob_err)?);
-            let gzip = io::BufRead::fill_buf(&mut file).map_err(blob_err)?.starts_with(&[0x1f, 0x8b]);
-            let scanned = if gzip { dirs.scan(GzDecoder::new(file)) } else { dirs.scan(file) };
-            if let Err(e) = scanned {
-                tracing::warn!("cannot list base layer {digest} ({e}); assuming COPY destinations are files");
-            }
-        }
-        self.base_dirs = Some(dirs);
-        Ok(())
-    }
-
-    async fn copy(&mut self, words: &Words, add: bool, text: &str) -> Result<(), StepError> {
-        let expanded = self.expand_words(words)?;
-        let Some((dest, sources)) = expanded.split_last() else {
-            return Err(StepError::Empty(if add { "ADD" } else { "COPY" }));
-        };
-        let workdir = self.image.workdir();
-        let dest_path = clean_image_path(&workdir, dest);
-        if !self.scratch && !dest_spelled_as_dir(dest) && !self.built_dirs.contains(&dest_path) {
-            self.ensure_base_dirs().await?;
-        }
-        let mut layer = LayerWriter::new(self.scratch);
-        let spec = CopySpec { context: &self.context, sources, dest, workdir: &workdir, extract_archives: add };
-        let built = &self.built_dirs;
-        let base = self.base_dirs.as_ref();
-        let mut is_dir = |path: &str| built.contains(path) || base.is_some_and(|b| b.is_dir(path));
-        copy::copy(&spec, &mut layer, &self.blobs, &mut is_dir)?;
-        self.built_dirs.extend(layer.directories().map(str::to_string));
-        let blob = layer.finish(&self.blobs, self.mtime)?;
-        let desc = descriptor(blob.media_type, &blob.digest, blob.size)?;
-        tracing::info!("{text}: layer {} ({} bytes)", blob.digest, blob.size);
-        self.image.add_layer(desc, blob.diff_id, text);
         Ok(())
     }
 }

@@ -91,9 +91,19 @@ pub struct ContainerdStore {
     namespace_header: MetadataValue<Ascii>,
     lease: Option<MetadataValue<Ascii>>,
     lease_id: Option<String>,
+    /// Called with (digest, bytes sent, size) while a blob is written.
+    upload_progress: Option<UploadProgress>,
 }
 
+/// A callback for blob upload progress: (digest, bytes sent, size).
+pub type UploadProgress = std::sync::Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
+
 impl ContainerdStore {
+    /// Report blob uploads to `progress` from now on.
+    pub fn set_upload_progress(&mut self, progress: Option<UploadProgress>) {
+        self.upload_progress = progress;
+    }
+
     pub async fn connect(address: &Path, namespace: &str) -> Result<ContainerdStore, ContainerdError> {
         let namespace_header = namespace
             .parse()
@@ -117,6 +127,7 @@ impl ContainerdStore {
             namespace_header,
             lease: None,
             lease_id: None,
+            upload_progress: None,
         })
     }
 
@@ -278,6 +289,9 @@ impl ContainerdStore {
             tx.send(write).await.map_err(|_| closed())?;
             let answer = responses.message().await.map_err(rpc(op.clone()))?.ok_or_else(closed)?;
             offset += n as u64;
+            if let Some(progress) = &self.upload_progress {
+                progress(digest, offset, size);
+            }
             if answer.offset != offset as i64 {
                 return Err(ContainerdError::Commit {
                     digest: digest.to_string(),

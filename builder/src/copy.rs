@@ -11,6 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use flate2::read::GzDecoder;
 
 use crate::blobs::BlobStore;
+use crate::ignore::Ignore;
 use crate::layer::{clean_image_path, LayerError, LayerWriter};
 
 /// One COPY/ADD step.
@@ -25,6 +26,13 @@ pub struct CopySpec<'a> {
     pub workdir: &'a str,
     /// ADD: extract local tar archives.
     pub extract_archives: bool,
+    /// `.dockerignore` of the context (not for `COPY --from`).
+    pub ignore: Option<&'a Ignore>,
+    /// `context` is an image's root filesystem (`COPY --from`): symlinks in
+    /// source paths resolve inside it, absolute ones from its root.
+    pub rootfs: bool,
+    /// Heredoc sources: (file name, staged file with the content).
+    pub heredocs: &'a [(String, PathBuf)],
 }
 
 fn read_err(path: &Path) -> impl FnOnce(io::Error) -> LayerError + '_ {
@@ -50,18 +58,23 @@ pub fn copy(
 ) -> Result<(), LayerError> {
     let mut sources = Vec::new();
     for pattern in spec.sources {
-        sources.extend(resolve(spec.context, pattern)?);
+        sources.extend(resolve(spec.context, pattern, spec.ignore, spec.rootfs)?);
     }
     let dest = clean_image_path(spec.workdir, spec.dest);
     let dest_is_dir = dest_spelled_as_dir(spec.dest) || dest.is_empty() || layer.is_directory(&dest) || is_dir(&dest);
-    if sources.len() > 1 && !dest_is_dir {
+    if sources.len() + spec.heredocs.len() > 1 && !dest_is_dir {
         return Err(LayerError::DestinationNotDirectory(spec.dest.to_string()));
+    }
+    for (name, staged) in spec.heredocs {
+        let target = if dest_is_dir { clean_image_path("/", &format!("{dest}/{name}")) } else { dest.clone() };
+        let size = fs::metadata(staged).map_err(read_err(staged))?.len();
+        layer.add_file(&target, staged.clone(), 0o644, size)?;
     }
     for (shown, path) in sources {
         let meta = fs::metadata(&path).map_err(read_err(&path))?;
         if meta.is_dir() {
             layer.add_dir(&dest, meta.permissions().mode())?;
-            copy_dir(&path, &dest, layer)?;
+            copy_dir(&path, &context_rel(spec.context, &path), &dest, layer, spec.ignore)?;
         } else if spec.extract_archives && archive_kind(&path)?.is_some() {
             let gzip = archive_kind(&path)? == Some(ArchiveKind::Gzip);
             extract(&path, &shown, gzip, &dest, layer, blobs)?;
@@ -80,7 +93,7 @@ pub fn copy(
 
 /// The canonical host paths a source pattern names, with the pattern match
 /// as shown to the user; wildcards (`*`, `?`, `[...]`) allowed.
-fn resolve(context: &Path, pattern: &str) -> Result<Vec<(String, PathBuf)>, LayerError> {
+fn resolve(context: &Path, pattern: &str, ignore: Option<&Ignore>, rootfs: bool) -> Result<Vec<(String, PathBuf)>, LayerError> {
     if pattern.starts_with("http://") || pattern.starts_with("https://") {
         return Err(LayerError::Url(pattern.to_string()));
     }
@@ -120,7 +133,8 @@ fn resolve(context: &Path, pattern: &str) -> Result<Vec<(String, PathBuf)>, Laye
     let wildcard = parts.iter().any(|p| p.contains(['*', '?', '[']));
     let mut out = Vec::new();
     for (shown, path) in candidates {
-        let canonical = match fs::canonicalize(&path) {
+        let resolved = if rootfs { canonicalize_in(context, &path) } else { fs::canonicalize(&path) };
+        let canonical = match resolved {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::NotFound && !wildcard => {
                 return Err(LayerError::SourceNotFound(pattern.to_string()));
@@ -131,12 +145,63 @@ fn resolve(context: &Path, pattern: &str) -> Result<Vec<(String, PathBuf)>, Laye
         if !canonical.starts_with(context) {
             return Err(LayerError::OutsideContext(if shown.is_empty() { pattern.to_string() } else { shown }));
         }
+        // Excluded by .dockerignore: as if it were not in the context.
+        // (A directory may still hold `!` exceptions.)
+        let excluded = ignore.is_some_and(|i| {
+            i.is_ignored(&context_rel(context, &canonical)) && !(i.has_exceptions() && canonical.is_dir())
+        });
+        if excluded {
+            if wildcard {
+                continue;
+            }
+            return Err(LayerError::SourceNotFound(pattern.to_string()));
+        }
         out.push((shown, canonical));
     }
     if out.is_empty() {
         return Err(LayerError::NoMatch(pattern.to_string()));
     }
     Ok(out)
+}
+
+/// Resolve the symlinks of `path` (under `root`) as if `root` were `/`:
+/// the result always stays inside `root`.
+fn canonicalize_in(root: &Path, path: &Path) -> io::Result<PathBuf> {
+    let rel = path.strip_prefix(root).map_err(|_| io::Error::new(io::ErrorKind::NotFound, "outside the root"))?;
+    let mut todo: Vec<std::ffi::OsString> = rel.components().rev().map(|c| c.as_os_str().to_owned()).collect();
+    let mut parts: Vec<std::ffi::OsString> = Vec::new();
+    let mut hops = 0;
+    while let Some(part) = todo.pop() {
+        match part.to_str() {
+            Some("." | "/") => continue,
+            Some("..") => {
+                parts.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let candidate: PathBuf = parts.iter().chain(std::iter::once(&part)).fold(root.to_path_buf(), |p, c| p.join(c));
+        let meta = fs::symlink_metadata(&candidate)?;
+        if !meta.file_type().is_symlink() {
+            parts.push(part);
+            continue;
+        }
+        hops += 1;
+        if hops > 40 {
+            return Err(io::Error::other(format!("too many levels of symbolic links at {}", candidate.display())));
+        }
+        let target = fs::read_link(&candidate)?;
+        if target.is_absolute() {
+            parts.clear();
+        }
+        todo.extend(target.components().rev().map(|c| c.as_os_str().to_owned()));
+    }
+    Ok(parts.iter().fold(root.to_path_buf(), |p, c| p.join(c)))
+}
+
+/// `path` relative to `context`, `/`-separated (`""` for the context).
+fn context_rel(context: &Path, path: &Path) -> String {
+    path.strip_prefix(context).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 fn join_shown(shown: &str, name: &str) -> String {
@@ -187,19 +252,29 @@ pub fn wildcard_match(pattern: &str, name: &str) -> bool {
 }
 
 /// Copy the contents of directory `dir` into the image directory `dest`;
-/// symlinks are copied as symlinks, other special files are skipped.
-fn copy_dir(dir: &Path, dest: &str, layer: &mut LayerWriter) -> Result<(), LayerError> {
+/// symlinks are copied as symlinks, other special files are skipped; `rel`
+/// is `dir` relative to the context, for `.dockerignore`.
+fn copy_dir(dir: &Path, rel: &str, dest: &str, layer: &mut LayerWriter, ignore: Option<&Ignore>) -> Result<(), LayerError> {
     for entry in fs::read_dir(dir).map_err(read_err(dir))? {
         let entry = entry.map_err(read_err(dir))?;
         let path = entry.path();
         let name = utf8(&entry.file_name())?.to_string();
-        let target = if dest.is_empty() { name } else { format!("{dest}/{name}") };
+        let target = if dest.is_empty() { name.clone() } else { format!("{dest}/{name}") };
+        let entry_rel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let ignored = ignore.is_some_and(|i| i.is_ignored(&entry_rel));
         let meta = fs::symlink_metadata(&path).map_err(read_err(&path))?;
         let kind = meta.file_type();
         let mode = meta.permissions().mode();
         if kind.is_dir() {
-            layer.add_dir(&target, mode)?;
-            copy_dir(&path, &target, layer)?;
+            // An excluded directory may still hold `!` exceptions.
+            if !ignored {
+                layer.add_dir(&target, mode)?;
+            }
+            if !ignored || ignore.is_some_and(Ignore::has_exceptions) {
+                copy_dir(&path, &entry_rel, &target, layer, ignore)?;
+            }
+        } else if ignored {
+            continue;
         } else if kind.is_file() {
             layer.add_file(&target, path, mode, meta.len())?;
         } else if kind.is_symlink() {
@@ -352,6 +427,21 @@ mod tests {
         assert!(wildcard_match("file?.[a-c]", "file1.b"));
         assert!(!wildcard_match("[!a]x", "ax"));
         assert!(wildcard_match("\\*", "*"));
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_a_rootfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(dir.path()).unwrap();
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        fs::write(root.join("usr/bin/busybox"), b"bb").unwrap();
+        std::os::unix::fs::symlink("/usr/bin", root.join("bin")).unwrap();
+        std::os::unix::fs::symlink("busybox", root.join("usr/bin/sh")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc/passwd", root.join("escape")).unwrap();
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert_eq!(canonicalize_in(&root, &root.join("bin/sh")).unwrap(), root.join("usr/bin/busybox"));
+        assert_eq!(canonicalize_in(&root, &root.join("escape")).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert!(canonicalize_in(&root, &root.join("loop")).is_err());
     }
 
     #[test]

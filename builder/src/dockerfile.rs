@@ -1,13 +1,14 @@
-//! Dockerfile parser for the subset hybrid builds: FROM, COPY, ADD, WORKDIR,
-//! ENV, CMD, ENTRYPOINT, LABEL, EXPOSE, VOLUME, USER, STOPSIGNAL; comments and
-//! `\` line continuations. Arguments are kept raw (see [`crate::words`]):
-//! variables are expanded at build time, against the image's environment.
+//! Dockerfile parser: parser directives (`# escape=`), comments, line
+//! continuations, heredocs (`COPY <<EOF /path`), and the instructions of
+//! [`crate::instruction`]. Arguments are kept raw (see [`crate::words`]):
+//! variables are expanded at build time. Every error names the file, the
+//! line and the column (`Dockerfile:3:5: ...`).
 
 use std::path::Path;
 
 use thiserror::Error;
 
-use crate::words::{self, WordError};
+pub use crate::instruction::{Command, CopyArgs, Healthcheck, Heredoc, Kind, SyntaxError, Words};
 
 #[derive(Debug, Error)]
 pub enum ParseError {
@@ -19,335 +20,230 @@ pub enum ParseError {
     },
     #[error("{file}: no instructions (a Dockerfile starts with FROM)")]
     Empty { file: String },
-    #[error("{file}:{line}: {kind}")]
-    Syntax { file: String, line: usize, kind: SyntaxError },
-}
-
-#[derive(Debug, Error)]
-pub enum SyntaxError {
-    #[error("unknown instruction \"{0}\"")]
-    UnknownInstruction(String),
-    #[error("{0} is not supported yet")]
-    Unsupported(String),
-    #[error("{0} flag {1} is not supported")]
-    UnsupportedFlag(String, String),
-    #[error("{0} requires {1}")]
-    Arguments(&'static str, &'static str),
-    #[error("the first instruction must be FROM, not {0}")]
-    FromFirst(String),
-    #[error("multi-stage builds are not supported (second FROM)")]
-    MultiStage,
-    #[error("{0}: expected NAME=VALUE, got {1:?}")]
-    KeyValue(&'static str, String),
-    #[error(transparent)]
-    Word(#[from] WordError),
-}
-
-/// Arguments of COPY, ADD and VOLUME: exec (JSON array) form is taken
-/// literally, shell-form words are expanded at build time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Words {
-    pub words: Vec<String>,
-    pub json: bool,
-}
-
-/// CMD / ENTRYPOINT.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    Exec(Vec<String>),
-    Shell(String),
-}
-
-impl Command {
-    /// The argv stored in the image config: shell form runs through
-    /// `/bin/sh -c`.
-    pub fn argv(&self) -> Vec<String> {
-        match self {
-            Command::Exec(v) => v.clone(),
-            Command::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
-    From { image: String },
-    Copy(Words),
-    Add(Words),
-    Workdir(String),
-    /// Raw NAME / VALUE pairs.
-    Env(Vec<(String, String)>),
-    Label(Vec<(String, String)>),
-    Cmd(Command),
-    Entrypoint(Command),
-    Expose(Vec<String>),
-    Volume(Words),
-    User(String),
-    StopSignal(String),
+    #[error("{file}:{line}:{column}: {kind}")]
+    Syntax { file: String, line: usize, column: usize, kind: SyntaxError },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instruction {
     /// 1-based line the instruction starts on.
     pub line: usize,
+    /// 1-based column of the instruction keyword.
+    pub column: usize,
     /// The instruction as written (continuations joined), for history.
     pub text: String,
     pub kind: Kind,
 }
 
+/// A parsed Dockerfile: ARGs before the first FROM, then stages, all in
+/// order in `instructions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dockerfile {
+    /// The escape character (`\` or `` ` `` from `# escape=`).
+    pub escape: char,
+    pub instructions: Vec<Instruction>,
+}
+
 /// Read and parse the Dockerfile at `path`; errors name it as `display`.
-pub fn parse_file(path: &Path, display: &str) -> Result<Vec<Instruction>, ParseError> {
+pub fn parse_file(path: &Path, display: &str) -> Result<Dockerfile, ParseError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ParseError::Read { path: display.to_string(), source })?;
     parse(&text, display)
 }
 
-/// Parse Dockerfile `text`; `file` names it in errors (`file:line: ...`).
-pub fn parse(text: &str, file: &str) -> Result<Vec<Instruction>, ParseError> {
-    let mut out = Vec::new();
-    for (line, logical) in logical_lines(text) {
-        let syntax = |kind| ParseError::Syntax { file: file.to_string(), line, kind };
-        let kind = parse_instruction(&logical).map_err(syntax)?;
-        let is_from = matches!(kind, Kind::From { .. });
-        match (out.is_empty(), is_from) {
-            (true, false) => {
-                let name = logical.split_whitespace().next().unwrap_or_default();
-                return Err(syntax(SyntaxError::FromFirst(name.to_uppercase())));
+/// A piece of a logical line: where it starts in the joined text and where
+/// that is in the file, to turn offsets back into line:column.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    offset: usize,
+    line: usize,
+    column: usize,
+}
+
+struct Logical {
+    text: String,
+    segments: Vec<Segment>,
+    /// Physical line index after the last line of this instruction.
+    next: usize,
+}
+
+impl Logical {
+    /// (line, column) of byte `offset` in the joined text.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let seg = self.segments.iter().rev().find(|s| s.offset <= offset).copied().unwrap_or(Segment {
+            offset: 0,
+            line: 1,
+            column: 1,
+        });
+        let end = offset.min(self.text.len());
+        let chars = self.text.get(seg.offset..end).map_or(0, |s| s.chars().count());
+        (seg.line, seg.column + chars)
+    }
+}
+
+/// Parse Dockerfile `text`; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Dockerfile, ParseError> {
+    let lines: Vec<&str> = text.lines().map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
+    let err = |line: usize, column: usize, kind| ParseError::Syntax { file: file.to_string(), line, column, kind };
+    let (escape, mut index) = directives(&lines).map_err(|(line, kind)| err(line, 1, kind))?;
+    let mut instructions: Vec<Instruction> = Vec::new();
+    let mut seen_from = false;
+    while let Some(logical) = logical_line(&lines, index, escape) {
+        index = logical.next;
+        let (heredocs, after) = read_heredocs(&lines, &logical, index, escape)
+            .map_err(|(offset, kind)| {
+                let (line, column) = logical.position(offset);
+                err(line, column, kind)
+            })?;
+        index = after;
+        let (kind, keyword_at) = crate::instruction::parse(&logical.text, escape, heredocs).map_err(|(offset, kind)| {
+            let (line, column) = logical.position(offset);
+            err(line, column, kind)
+        })?;
+        let (line, column) = logical.position(keyword_at);
+        match &kind {
+            Kind::From { .. } => seen_from = true,
+            Kind::Arg(_) => {}
+            _ if !seen_from => {
+                let name = logical.text.split_whitespace().next().unwrap_or_default().to_uppercase();
+                return Err(err(line, column, SyntaxError::FromFirst(name)));
             }
-            (false, true) => return Err(syntax(SyntaxError::MultiStage)),
             _ => {}
         }
-        out.push(Instruction { line, text: logical.trim().to_string(), kind });
+        if let Kind::From { name: Some(name), .. } = &kind {
+            let duplicate = instructions
+                .iter()
+                .any(|i| matches!(&i.kind, Kind::From { name: Some(n), .. } if n == name));
+            if duplicate {
+                return Err(err(line, column, SyntaxError::DuplicateStage(name.clone())));
+            }
+        }
+        instructions.push(Instruction { line, column, text: logical.text.trim().to_string(), kind });
     }
-    if out.is_empty() {
+    if !seen_from {
         return Err(ParseError::Empty { file: file.to_string() });
     }
-    Ok(out)
+    Ok(Dockerfile { escape, instructions })
 }
 
-/// Join `\`-continued lines and drop comments and blank lines; yields
-/// (first line number, joined text).
-fn logical_lines(text: &str) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    let mut current: Option<(usize, String)> = None;
-    for (index, raw) in text.lines().enumerate() {
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        let trimmed = line.trim_start();
-        if trimmed.starts_with('#') || trimmed.trim_end().is_empty() {
-            // Comments and blank lines are skipped, also inside a
-            // continuation (as docker does).
+/// Parser directives (`# escape=`, `# syntax=`, `# check=`) at the very top;
+/// returns the escape character and the first line after them.
+fn directives(lines: &[&str]) -> Result<(char, usize), (usize, SyntaxError)> {
+    let mut escape = '\\';
+    let mut seen = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        let Some(body) = line.trim().strip_prefix('#') else { return Ok((escape, index)) };
+        let Some((key, value)) = body.split_once('=') else { return Ok((escape, index)) };
+        let key = key.trim().to_ascii_lowercase();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Ok((escape, index));
+        }
+        if seen.contains(&key) {
+            return Err((index + 1, SyntaxError::Directive(format!("{key} given twice"))));
+        }
+        seen.push(key.clone());
+        if key == "escape" {
+            escape = match value.trim() {
+                "\\" => '\\',
+                "`" => '`',
+                other => {
+                    return Err((index + 1, SyntaxError::Directive(format!("invalid escape {other:?} (want \\ or `)"))));
+                }
+            };
+        }
+    }
+    Ok((escape, lines.len()))
+}
+
+fn is_comment_or_blank(line: &str) -> bool {
+    let trimmed = line.trim_start();
+    trimmed.starts_with('#') || trimmed.is_empty()
+}
+
+/// The next instruction from physical line `index` on: continuation lines
+/// joined, comments and blank lines skipped (also inside a continuation,
+/// as docker does).
+fn logical_line(lines: &[&str], mut index: usize, escape: char) -> Option<Logical> {
+    while index < lines.len() && is_comment_or_blank(lines[index]) {
+        index += 1;
+    }
+    if index >= lines.len() {
+        return None;
+    }
+    let mut text = String::new();
+    let mut segments = Vec::new();
+    while index < lines.len() {
+        let line = lines[index];
+        index += 1;
+        if !segments.is_empty() && is_comment_or_blank(line) {
             continue;
         }
-        let (start, mut joined) = current.take().unwrap_or((index + 1, String::new()));
+        segments.push(Segment { offset: text.len(), line: index, column: 1 });
         let content = line.trim_end();
-        match content.strip_suffix('\\') {
-            Some(head) => {
-                joined.push_str(head);
-                current = Some((start, joined));
-            }
+        match content.strip_suffix(escape) {
+            Some(head) => text.push_str(head),
             None => {
-                joined.push_str(content);
-                out.push((start, joined));
+                text.push_str(content);
+                break;
             }
         }
     }
-    if let Some(last) = current {
-        out.push(last);
-    }
-    out
+    Some(Logical { text, segments, next: index })
 }
 
-fn parse_instruction(logical: &str) -> Result<Kind, SyntaxError> {
-    let logical = logical.trim();
-    let (name, rest) = match logical.find(char::is_whitespace) {
-        Some(i) => (&logical[..i], logical[i..].trim()),
-        None => (logical, ""),
-    };
-    let upper = name.to_uppercase();
-    let name: &'static str = match upper.as_str() {
-        "FROM" => "FROM",
-        "COPY" => "COPY",
-        "ADD" => "ADD",
-        "WORKDIR" => "WORKDIR",
-        "ENV" => "ENV",
-        "LABEL" => "LABEL",
-        "CMD" => "CMD",
-        "ENTRYPOINT" => "ENTRYPOINT",
-        "EXPOSE" => "EXPOSE",
-        "VOLUME" => "VOLUME",
-        "USER" => "USER",
-        "STOPSIGNAL" => "STOPSIGNAL",
-        "RUN" | "ARG" | "SHELL" | "HEALTHCHECK" | "ONBUILD" | "MAINTAINER" => {
-            return Err(SyntaxError::Unsupported(upper));
-        }
-        _ => return Err(SyntaxError::UnknownInstruction(name.to_string())),
-    };
-    if rest.is_empty() && !matches!(name, "CMD" | "ENTRYPOINT") {
-        return Err(SyntaxError::Arguments(name, "an argument"));
+/// For COPY/ADD with `<<NAME` words: the heredoc bodies that follow the
+/// instruction, and the line after them. Errors carry the offset of the
+/// unterminated marker.
+fn read_heredocs(
+    lines: &[&str],
+    logical: &Logical,
+    mut index: usize,
+    escape: char,
+) -> Result<(Vec<Heredoc>, usize), (usize, SyntaxError)> {
+    let keyword = logical.text.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+    if keyword != "COPY" && keyword != "ADD" {
+        return Ok((Vec::new(), index));
     }
-    Ok(match name {
-        "FROM" => {
-            let words = words::split_raw(rest)?;
-            reject_flags(name, &words)?;
-            match words.as_slice() {
-                [image] => Kind::From { image: image.clone() },
-                [image, as_, _alias] if as_.eq_ignore_ascii_case("as") => {
-                    Kind::From { image: image.clone() }
-                }
-                _ => return Err(SyntaxError::Arguments(name, "an image (FROM IMAGE [AS NAME])")),
+    let words = crate::words::split_spans(&logical.text, escape).unwrap_or_default();
+    let mut heredocs = Vec::new();
+    for (offset, word) in words.iter().skip(1) {
+        let Some(marker) = word.strip_prefix("<<") else { continue };
+        let (strip_tabs, marker) = match marker.strip_prefix('-') {
+            Some(m) => (true, m),
+            None => (false, marker),
+        };
+        let (name, quoted) = match marker.as_bytes().first() {
+            Some(b'"') | Some(b'\'') if marker.len() >= 2 && marker.ends_with(&marker[..1]) => {
+                (&marker[1..marker.len() - 1], true)
             }
+            _ => (marker, false),
+        };
+        let valid = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+        // The name becomes a file name: no empty, `.` or `..`.
+        if !valid || name.chars().all(|c| c == '.') {
+            return Err((*offset, SyntaxError::Heredoc(format!("invalid heredoc marker {word:?}"))));
         }
-        "COPY" | "ADD" => {
-            let words = json_or_words(rest)?;
-            if !words.json {
-                reject_flags(name, &words.words)?;
+        let mut content = String::new();
+        let mut closed = false;
+        while index < lines.len() {
+            let raw = lines[index];
+            index += 1;
+            let line = if strip_tabs { raw.trim_start_matches('\t') } else { raw };
+            if line == name {
+                closed = true;
+                break;
             }
-            if words.words.len() < 2 {
-                return Err(SyntaxError::Arguments(name, "at least one source and a destination"));
-            }
-            if name == "COPY" {
-                Kind::Copy(words)
-            } else {
-                Kind::Add(words)
-            }
+            content.push_str(line);
+            content.push('\n');
         }
-        "VOLUME" => Kind::Volume(json_or_words(rest)?),
-        "WORKDIR" => Kind::Workdir(rest.to_string()),
-        "USER" => Kind::User(rest.to_string()),
-        "STOPSIGNAL" => Kind::StopSignal(rest.to_string()),
-        "ENV" => Kind::Env(key_values(name, rest)?),
-        "LABEL" => Kind::Label(key_values(name, rest)?),
-        "CMD" => Kind::Cmd(command(rest)),
-        "ENTRYPOINT" => Kind::Entrypoint(command(rest)),
-        _ => Kind::Expose(words::split_raw(rest)?),
-    })
-}
-
-fn reject_flags(name: &str, words: &[String]) -> Result<(), SyntaxError> {
-    match words.iter().find(|w| w.starts_with("--")) {
-        Some(flag) => {
-            let flag = flag.split('=').next().unwrap_or(flag);
-            Err(SyntaxError::UnsupportedFlag(name.to_string(), flag.to_string()))
+        if !closed {
+            return Err((*offset, SyntaxError::Heredoc(format!("unterminated heredoc {name} (no line {name:?} after it)"))));
         }
-        None => Ok(()),
+        heredocs.push(Heredoc { marker: word.clone(), name: name.to_string(), content, expand: !quoted });
     }
-}
-
-/// A JSON array of strings, if `rest` is one.
-fn json_array(rest: &str) -> Option<Vec<String>> {
-    if rest.starts_with('[') {
-        serde_json::from_str(rest).ok()
-    } else {
-        None
-    }
-}
-
-fn json_or_words(rest: &str) -> Result<Words, SyntaxError> {
-    Ok(match json_array(rest) {
-        Some(words) => Words { words, json: true },
-        None => Words { words: words::split_raw(rest)?, json: false },
-    })
-}
-
-fn command(rest: &str) -> Command {
-    match json_array(rest) {
-        Some(argv) => Command::Exec(argv),
-        None => Command::Shell(rest.to_string()),
-    }
-}
-
-/// `NAME=VALUE ...` pairs, or the legacy `NAME VALUE` form where the value
-/// is the rest of the line.
-fn key_values(name: &'static str, rest: &str) -> Result<Vec<(String, String)>, SyntaxError> {
-    let words = words::split_raw(rest)?;
-    let first = words.first().map(String::as_str).unwrap_or_default();
-    if !first.contains('=') {
-        // Legacy form: the key is the first word, the value everything after it.
-        let value = rest[first.len()..].trim();
-        if value.is_empty() {
-            return Err(SyntaxError::KeyValue(name, rest.to_string()));
-        }
-        return Ok(vec![(first.to_string(), value.to_string())]);
-    }
-    words
-        .into_iter()
-        .map(|word| match word.split_once('=') {
-            Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
-            _ => Err(SyntaxError::KeyValue(name, word)),
-        })
-        .collect()
+    Ok((heredocs, index))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn kinds(text: &str) -> Vec<Kind> {
-        parse(text, "Dockerfile").unwrap().into_iter().map(|i| i.kind).collect()
-    }
-
-    fn error(text: &str) -> String {
-        parse(text, "Dockerfile").unwrap_err().to_string()
-    }
-
-    #[test]
-    fn continuations_and_comments() {
-        let text = "# syntax comment\nFROM scratch\nLABEL a=b \\\n  # inner comment\n\n      c=\"d e\"\nCOPY x \\\n /y\n";
-        let parsed = parse(text, "Dockerfile").unwrap();
-        assert_eq!(parsed.len(), 3);
-        assert_eq!(parsed[1].line, 3);
-        assert_eq!(
-            parsed[1].kind,
-            Kind::Label(vec![("a".into(), "b".into()), ("c".into(), "\"d e\"".into())])
-        );
-        assert_eq!(parsed[2].line, 7);
-        assert_eq!(
-            parsed[2].kind,
-            Kind::Copy(Words { words: vec!["x".into(), "/y".into()], json: false })
-        );
-    }
-
-    #[test]
-    fn json_versus_shell_form() {
-        let k = kinds("FROM scratch\nCMD [\"/app\", \"-v\"]\nENTRYPOINT run --fast\nCMD [broken\n");
-        assert_eq!(k[1], Kind::Cmd(Command::Exec(vec!["/app".into(), "-v".into()])));
-        assert_eq!(k[2], Kind::Entrypoint(Command::Shell("run --fast".into())));
-        if let Kind::Entrypoint(c) = &k[2] {
-            assert_eq!(c.argv(), vec!["/bin/sh", "-c", "run --fast"]);
-        }
-        assert_eq!(k[3], Kind::Cmd(Command::Shell("[broken".into())));
-        let k = kinds("FROM scratch\nCOPY [\"a b\", \"/c/\"]\n");
-        assert_eq!(k[1], Kind::Copy(Words { words: vec!["a b".into(), "/c/".into()], json: true }));
-    }
-
-    #[test]
-    fn env_forms() {
-        let k = kinds("FROM scratch\nENV a=b c=\"d e\"\nENV f g h\n");
-        assert_eq!(k[1], Kind::Env(vec![("a".into(), "b".into()), ("c".into(), "\"d e\"".into())]));
-        assert_eq!(k[2], Kind::Env(vec![("f".into(), "g h".into())]));
-        assert!(error("FROM scratch\nENV =x\n").contains("Dockerfile:2: ENV: expected NAME=VALUE"));
-    }
-
-    #[test]
-    fn unknown_instruction_names_file_and_line() {
-        assert_eq!(error("FROM scratch\n\nFOO bar\n"), "Dockerfile:3: unknown instruction \"FOO\"");
-        assert_eq!(error("FROM scratch\n# c\nRUN make\n"), "Dockerfile:3: RUN is not supported yet");
-        assert_eq!(
-            error("FROM scratch\nCOPY \\\n  a \\\n  b\nBAR\n"),
-            "Dockerfile:5: unknown instruction \"BAR\""
-        );
-    }
-
-    #[test]
-    fn structural_errors() {
-        assert_eq!(error("COPY a b\n"), "Dockerfile:1: the first instruction must be FROM, not COPY");
-        assert_eq!(error("# only\n"), "Dockerfile: no instructions (a Dockerfile starts with FROM)");
-        assert!(error("FROM scratch\nFROM scratch\n").contains("multi-stage"));
-        assert!(error("FROM scratch\nCOPY a\n").contains("Dockerfile:2: COPY requires"));
-        assert_eq!(
-            error("FROM scratch\nCOPY --chown=1:1 a /b\n"),
-            "Dockerfile:2: COPY flag --chown is not supported"
-        );
-        assert!(error("FROM scratch\nLABEL a=\"b\n").contains("unterminated double quote"));
-    }
-}
+#[path = "dockerfile_tests.rs"]
+mod tests;

@@ -138,8 +138,15 @@ pub struct WrittenImage {
     pub layers: Vec<Descriptor>,
 }
 
+#[derive(Clone)]
 pub struct ImageState {
     config: ImageConfiguration,
+    /// Docker's config fields that OCI's `Config` lacks (`Shell`,
+    /// `Healthcheck`, `OnBuild`), merged into the config JSON on write the
+    /// way docker and buildkit store them.
+    extras: serde_json::Map<String, serde_json::Value>,
+    /// The base image's ONBUILD triggers, run right after FROM.
+    pub base_triggers: Vec<String>,
     exec: Config,
     layers: Vec<Descriptor>,
     created: String,
@@ -155,11 +162,35 @@ impl ImageState {
         config.set_os(Os::Linux);
         let mut exec = Config::default();
         exec.set_env(Some(vec![DEFAULT_PATH.to_string()]));
-        ImageState { config, exec, layers: Vec::new(), created, cmd_set: false }
+        ImageState {
+            config,
+            extras: Default::default(),
+            base_triggers: Vec::new(),
+            exec,
+            layers: Vec::new(),
+            created,
+            cmd_set: false,
+        }
     }
 
-    /// FROM a base image; docker layer media types become their OCI equals.
-    pub fn from_base(mut config: ImageConfiguration, manifest: &ImageManifest, created: String) -> ImageState {
+    /// FROM a base image (`raw` is its config JSON, for the docker-only
+    /// fields); docker layer media types become their OCI equals.
+    pub fn from_base(mut config: ImageConfiguration, raw: &[u8], manifest: &ImageManifest, created: String) -> ImageState {
+        let mut extras = serde_json::Map::new();
+        let mut base_triggers = Vec::new();
+        if let Ok(serde_json::Value::Object(mut top)) = serde_json::from_slice::<serde_json::Value>(raw) {
+            if let Some(serde_json::Value::Object(mut exec)) = top.remove("config") {
+                for key in ["Shell", "Healthcheck"] {
+                    if let Some(value) = exec.remove(key).filter(|v| !v.is_null()) {
+                        extras.insert(key.to_string(), value);
+                    }
+                }
+                // Triggers run in the child build and are not inherited.
+                if let Some(serde_json::Value::Array(triggers)) = exec.remove("OnBuild") {
+                    base_triggers = triggers.into_iter().filter_map(|t| t.as_str().map(str::to_string)).collect();
+                }
+            }
+        }
         let exec = config.config().clone().unwrap_or_default();
         config.set_config(None);
         let layers = manifest
@@ -173,7 +204,54 @@ impl ImageState {
                 d
             })
             .collect();
-        ImageState { config, exec, layers, created, cmd_set: false }
+        ImageState { config, extras, base_triggers, exec, layers, created, cmd_set: false }
+    }
+
+    /// The SHELL for shell-form commands.
+    pub fn shell(&self) -> Vec<String> {
+        self.extras
+            .get("Shell")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_else(|| vec!["/bin/sh".to_string(), "-c".to_string()])
+    }
+
+    pub fn set_shell(&mut self, shell: Vec<String>) {
+        self.extras.insert("Shell".into(), serde_json::json!(shell));
+    }
+
+    pub fn set_healthcheck(&mut self, check: Option<&crate::instruction::Healthcheck>) {
+        let value = match check {
+            None => serde_json::json!({ "Test": ["NONE"] }),
+            Some(c) => {
+                let mut object = serde_json::Map::new();
+                object.insert("Test".into(), serde_json::json!(c.test));
+                let durations = [
+                    ("Interval", c.interval),
+                    ("Timeout", c.timeout),
+                    ("StartPeriod", c.start_period),
+                    ("StartInterval", c.start_interval),
+                    ("Retries", c.retries),
+                ];
+                for (key, value) in durations {
+                    if let Some(v) = value {
+                        object.insert(key.into(), serde_json::json!(v));
+                    }
+                }
+                serde_json::Value::Object(object)
+            }
+        };
+        self.extras.insert("Healthcheck".into(), value);
+    }
+
+    pub fn add_onbuild(&mut self, trigger: String) {
+        let list = self.extras.entry("OnBuild").or_insert_with(|| serde_json::json!([]));
+        if let serde_json::Value::Array(items) = list {
+            items.push(serde_json::Value::String(trigger));
+        }
+    }
+
+    pub fn user(&self) -> Option<String> {
+        self.exec.user().clone().filter(|u| !u.is_empty())
     }
 
     pub fn layers(&self) -> &[Descriptor] {
@@ -277,7 +355,12 @@ impl ImageState {
         let mut config = self.config.clone();
         config.set_created(Some(self.created.clone()));
         config.set_config(Some(self.exec.clone()));
-        let json = canonical_json(&config).map_err(|source| ImageError::Json { what: "config", source })?;
+        let json_err = |source| ImageError::Json { what: "config", source };
+        let mut value = serde_json::to_value(&config).map_err(json_err)?;
+        if let Some(serde_json::Value::Object(exec)) = value.get_mut("config") {
+            exec.extend(self.extras.clone());
+        }
+        let json = canonical_json(&value).map_err(json_err)?;
         let (digest, size) = blobs.put_bytes(&json).map_err(|source| ImageError::Store { what: "config", source })?;
         let config_desc = descriptor(MediaType::ImageConfig.as_ref(), &digest, size)?;
 

@@ -1,18 +1,63 @@
 //! One image layer: a tree of entries collected by COPY/ADD, written as a
 //! reproducible tar (sorted entries, uid/gid 0, fixed mtime, mode kept, no
-//! user/group names), gzip-compressed with a fixed header.
+//! user/group names), compressed with gzip (fixed header), zstd, or not.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
-use flate2::{Compression, GzBuilder};
+use flate2::GzBuilder;
+use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
 use crate::blobs::{BlobStore, HashingWriter};
 
 pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_TYPE_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// How layer blobs are compressed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compression {
+    #[default]
+    Gzip,
+    Zstd,
+    None,
+}
+
+impl Compression {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::Gzip => MEDIA_TYPE_LAYER_GZIP,
+            Compression::Zstd => MEDIA_TYPE_LAYER_ZSTD,
+            Compression::None => MEDIA_TYPE_LAYER_TAR,
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gzip" => Ok(Compression::Gzip),
+            "zstd" => Ok(Compression::Zstd),
+            "none" => Ok(Compression::None),
+            other => Err(format!("unknown compression {other:?} (want gzip, zstd or none)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+            Compression::None => "none",
+        })
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum LayerError {
@@ -55,10 +100,13 @@ pub enum LayerError {
 #[derive(Debug, Clone)]
 enum Node {
     /// `explicit`: copied or extracted, not only a parent of something.
-    Dir { mode: u32, explicit: bool },
-    File { source: PathBuf, mode: u32, size: u64 },
-    Symlink { target: String },
+    Dir { mode: u32, explicit: bool, owner: Owner },
+    File { source: PathBuf, mode: u32, size: u64, owner: Owner },
+    Symlink { target: String, owner: Owner },
 }
+
+/// (uid, gid)
+pub type Owner = (u32, u32);
 
 /// A written layer blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +116,7 @@ pub struct LayerBlob {
     pub size: u64,
     /// Digest of the uncompressed tar (the config's rootfs.diff_ids).
     pub diff_id: String,
-    pub media_type: &'static str,
+    pub media_type: String,
 }
 
 /// Entries of one layer, keyed by path relative to `/` (`app/bin/x`).
@@ -79,6 +127,10 @@ pub struct LayerWriter {
     /// (on a base image they may be symlinks there, which a directory
     /// entry would replace).
     implicit_parents: bool,
+    /// `--chown` for entries added from now on.
+    owner: Owner,
+    /// `--chmod` for files and directories added from now on.
+    chmod: Option<u32>,
 }
 
 /// Join `path` onto the image directory `base` (both `/`-rooted strings)
@@ -101,7 +153,18 @@ pub fn clean_image_path(base: &str, path: &str) -> String {
 
 impl LayerWriter {
     pub fn new(implicit_parents: bool) -> Self {
-        LayerWriter { nodes: BTreeMap::new(), implicit_parents }
+        LayerWriter { nodes: BTreeMap::new(), implicit_parents, owner: (0, 0), chmod: None }
+    }
+
+    /// Owner and mode override (`--chown`, `--chmod`) of the entries added
+    /// after this.
+    pub fn set_attributes(&mut self, owner: Option<Owner>, chmod: Option<u32>) {
+        self.owner = owner.unwrap_or((0, 0));
+        self.chmod = chmod;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
     }
 
     /// Directories this layer creates (explicitly or as parents).
@@ -116,7 +179,7 @@ impl LayerWriter {
     /// A regular file (already added) at `path`: its source and mode.
     pub fn file_at(&self, path: &str) -> Option<(PathBuf, u32, u64)> {
         match self.nodes.get(path) {
-            Some(Node::File { source, mode, size }) => Some((source.clone(), *mode, *size)),
+            Some(Node::File { source, mode, size, .. }) => Some((source.clone(), *mode, *size)),
             _ => None,
         }
     }
@@ -127,7 +190,7 @@ impl LayerWriter {
             let parent = &path[..end + i];
             match self.nodes.get(parent) {
                 None => {
-                    self.nodes.insert(parent.to_string(), Node::Dir { mode: 0o755, explicit: false });
+                    self.nodes.insert(parent.to_string(), Node::Dir { mode: 0o755, explicit: false, owner: (0, 0) });
                 }
                 Some(Node::Dir { .. }) => {}
                 Some(_) => {
@@ -148,7 +211,7 @@ impl LayerWriter {
             return Ok(());
         }
         self.ensure_parents(path)?;
-        let node = Node::Dir { mode: mode & 0o7777, explicit: true };
+        let node = Node::Dir { mode: self.chmod.unwrap_or(mode) & 0o7777, explicit: true, owner: self.owner };
         match self.nodes.get(path) {
             None | Some(Node::Dir { .. }) => {
                 self.nodes.insert(path.to_string(), node);
@@ -171,11 +234,12 @@ impl LayerWriter {
     }
 
     pub fn add_file(&mut self, path: &str, source: PathBuf, mode: u32, size: u64) -> Result<(), LayerError> {
-        self.add_leaf(path, Node::File { source, mode: mode & 0o7777, size })
+        let node = Node::File { source, mode: self.chmod.unwrap_or(mode) & 0o7777, size, owner: self.owner };
+        self.add_leaf(path, node)
     }
 
     pub fn add_symlink(&mut self, path: &str, target: &str) -> Result<(), LayerError> {
-        self.add_leaf(path, Node::Symlink { target: target.to_string() })
+        self.add_leaf(path, Node::Symlink { target: target.to_string(), owner: self.owner })
     }
 
     /// Write the tar stream into `out` with every mtime set to `mtime`.
@@ -184,8 +248,9 @@ impl LayerWriter {
         for (path, node) in &self.nodes {
             let mut header = tar::Header::new_gnu();
             header.set_mtime(mtime);
-            header.set_uid(0);
-            header.set_gid(0);
+            let (Node::Dir { owner, .. } | Node::File { owner, .. } | Node::Symlink { owner, .. }) = node;
+            header.set_uid(u64::from(owner.0));
+            header.set_gid(u64::from(owner.1));
             header.set_size(0);
             match node {
                 Node::Dir { explicit: false, .. } if !self.implicit_parents => continue,
@@ -194,7 +259,7 @@ impl LayerWriter {
                     header.set_mode(*mode);
                     builder.append_data(&mut header, format!("{path}/"), io::empty())
                 }
-                Node::File { source, mode, size } => {
+                Node::File { source, mode, size, .. } => {
                     let read_err = |e| LayerError::Read { path: source.display().to_string(), source: e };
                     let file = File::open(source).map_err(read_err)?;
                     let len = file.metadata().map_err(read_err)?.len();
@@ -206,7 +271,7 @@ impl LayerWriter {
                     header.set_size(*size);
                     builder.append_data(&mut header, path, file.take(*size))
                 }
-                Node::Symlink { target } => {
+                Node::Symlink { target, .. } => {
                     header.set_entry_type(tar::EntryType::Symlink);
                     header.set_mode(0o777);
                     builder.append_link(&mut header, path, target)
@@ -217,18 +282,55 @@ impl LayerWriter {
         builder.into_inner().map_err(LayerError::Write)
     }
 
-    /// Write the layer as a gzip blob into `blobs`.
-    pub fn finish(&self, blobs: &BlobStore, mtime: u64) -> Result<LayerBlob, LayerError> {
+    /// What the layer will contain, as a digest: paths, kinds, modes,
+    /// owners, link targets and file contents (the build cache's "inputs").
+    pub fn input_digest(&self) -> Result<String, LayerError> {
+        let mut hasher = Sha256::new();
+        hasher.update(if self.implicit_parents { "parents\n" } else { "no-parents\n" });
+        for (path, node) in &self.nodes {
+            match node {
+                Node::Dir { mode, explicit, owner } => {
+                    hasher.update(format!("d {path:?} {mode:o} {explicit} {owner:?}\n"));
+                }
+                Node::Symlink { target, owner } => hasher.update(format!("l {path:?} {target:?} {owner:?}\n")),
+                Node::File { source, mode, size, owner } => {
+                    let read_err = |e| LayerError::Read { path: source.display().to_string(), source: e };
+                    let mut content = Sha256::new();
+                    let copied = io::copy(&mut File::open(source).map_err(read_err)?, &mut content).map_err(read_err)?;
+                    if copied != *size {
+                        return Err(LayerError::Changed(source.display().to_string()));
+                    }
+                    hasher.update(format!("f {path:?} {mode:o} {size} {owner:?} {}\n", hex::encode(content.finalize())));
+                }
+            }
+        }
+        Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+    }
+
+    /// Write the layer as a blob into `blobs`.
+    pub fn finish(&self, blobs: &BlobStore, mtime: u64, compression: Compression) -> Result<LayerBlob, LayerError> {
         let writer = blobs.writer().map_err(LayerError::Write)?;
-        // No file name, mtime 0 and a fixed OS byte: the same tar gives the
-        // same gzip bytes.
-        let gz = GzBuilder::new().mtime(0).operating_system(255).write(writer, Compression::default());
-        let tar = HashingWriter::new(gz);
-        let tar = self.write_tar(tar, mtime)?;
-        let (gz, diff_id, _) = tar.finish();
-        let writer = gz.finish().map_err(LayerError::Write)?;
+        let (diff_id, writer) = match compression {
+            Compression::Gzip => {
+                // No file name, mtime 0 and a fixed OS byte: the same tar
+                // gives the same gzip bytes.
+                let gz = GzBuilder::new().mtime(0).operating_system(255).write(writer, flate2::Compression::default());
+                let (gz, diff_id, _) = self.write_tar(HashingWriter::new(gz), mtime)?.finish();
+                (diff_id, gz.finish().map_err(LayerError::Write)?)
+            }
+            Compression::Zstd => {
+                // Single-threaded, no content size in the header: deterministic.
+                let zst = zstd::stream::write::Encoder::new(writer, 3).map_err(LayerError::Write)?;
+                let (zst, diff_id, _) = self.write_tar(HashingWriter::new(zst), mtime)?.finish();
+                (diff_id, zst.finish().map_err(LayerError::Write)?)
+            }
+            Compression::None => {
+                let (writer, diff_id, _) = self.write_tar(HashingWriter::new(writer), mtime)?.finish();
+                (diff_id, writer)
+            }
+        };
         let (digest, size) = writer.commit().map_err(LayerError::Write)?;
-        Ok(LayerBlob { digest, size, diff_id, media_type: MEDIA_TYPE_LAYER_GZIP })
+        Ok(LayerBlob { digest, size, diff_id, media_type: compression.media_type().to_string() })
     }
 }
 

@@ -1,19 +1,29 @@
 //! hybrid-builder: Dockerfile → OCI image, without a daemon.
 //!
-//! [`build`] parses a Dockerfile subset ([`dockerfile`]), turns each
-//! COPY/ADD into one reproducible gzip layer ([`layer`], [`copy`]), writes the
-//! OCI config and manifest ([`image`]), and outputs an OCI image archive
-//! ([`archive`]) and/or loads the image into containerd ([`containerd`]).
-//! [`load`] loads an existing OCI archive the same way.
+//! [`build`] parses a Dockerfile ([`dockerfile`], [`instruction`]): ARGs,
+//! stages (`FROM ... AS name`), and turns each COPY/ADD into one
+//! reproducible layer ([`layer`], [`copy`]), reused from the build cache
+//! ([`cache`]) when its inputs did not change; then it writes the OCI
+//! config and manifest of the last (or `--target`) stage ([`image`]), and
+//! outputs an OCI image archive or layout ([`archive`]) and/or loads the
+//! image into containerd ([`containerd`]). [`load`] loads an existing OCI
+//! archive the same way.
 
 pub mod archive;
+pub mod basefs;
 pub mod blobs;
 mod build;
+pub mod cache;
 pub mod containerd;
 pub mod copy;
+mod copystep;
 pub mod dockerfile;
+pub mod ignore;
 pub mod image;
+pub mod instruction;
 pub mod layer;
+pub mod owner;
+pub mod progress;
 pub mod reference;
 pub mod words;
 
@@ -22,6 +32,8 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 pub use build::StepError;
+pub use cache::{cache_dir_from_env, DEFAULT_CACHE_DIR};
+pub use layer::Compression;
 
 use crate::archive::{ArchiveError, ArchiveImage, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 use crate::blobs::BlobStore;
@@ -43,10 +55,11 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Parse(#[from] ParseError),
-    #[error("{file}:{line}: {instruction}")]
+    #[error("{file}:{line}:{column}: {instruction}")]
     Step {
         file: String,
         line: usize,
+        column: usize,
         instruction: String,
         #[source]
         source: StepError,
@@ -65,6 +78,16 @@ pub enum BuildError {
     SourceDateEpoch(String),
     #[error("OCI archive {0} names no image (no io.containerd.image.name or full org.opencontainers.image.ref.name annotation); give a name")]
     NoName(String),
+    #[error("target stage {0:?} not found in the Dockerfile")]
+    NoTarget(String),
+    #[error("invalid build argument {0:?} (want NAME=VALUE)")]
+    BuildArg(String),
+    #[error("cannot read {path}")]
+    Ignore {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("OCI archive {path} holds {count} images; a name can only be given for one")]
     NameForMany { path: String, count: usize },
 }
@@ -96,6 +119,60 @@ pub struct BuildOptions {
     pub containerd: ContainerdOptions,
     /// File mtimes and `created` times (SOURCE_DATE_EPOCH; 0 by default).
     pub source_date_epoch: u64,
+    /// `--build-arg NAME=VALUE`, in order (a later one wins).
+    pub build_args: Vec<(String, String)>,
+    /// Build up to this stage and output it (default: the last stage).
+    pub target: Option<String>,
+    /// The build cache directory (`None`: no cache).
+    pub cache_dir: Option<PathBuf>,
+    pub compression: Compression,
+    /// Also write the image as an OCI layout directory here.
+    pub output_layout: Option<PathBuf>,
+    /// Print each step (and whether it was cached) to stderr.
+    pub progress: bool,
+}
+
+impl BuildOptions {
+    /// Options with defaults for everything but the context and the tag.
+    pub fn new(context: PathBuf, tag: String) -> BuildOptions {
+        BuildOptions {
+            context,
+            dockerfile: None,
+            tag,
+            output: None,
+            load: false,
+            containerd: ContainerdOptions::default(),
+            source_date_epoch: 0,
+            build_args: Vec::new(),
+            target: None,
+            cache_dir: None,
+            compression: Compression::Gzip,
+            output_layout: None,
+            progress: false,
+        }
+    }
+}
+
+/// `NAME=VALUE` of `--build-arg` (`NAME` alone takes the value from the
+/// environment, as docker does).
+pub fn parse_build_arg(text: &str) -> Result<(String, String), BuildError> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        None if !text.is_empty() => std::env::var(text)
+            .map(|v| (text.to_string(), v))
+            .map_err(|_| BuildError::BuildArg(text.to_string())),
+        _ => Err(BuildError::BuildArg(text.to_string())),
+    }
+}
+
+/// One layer step of a build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepReport {
+    pub instruction: String,
+    /// The layer blob digest.
+    pub layer: Option<String>,
+    /// Taken from the build cache.
+    pub cached: bool,
 }
 
 /// What a build or load produced.
@@ -105,6 +182,8 @@ pub struct ImageInfo {
     pub name: String,
     /// Manifest digest (the image's identity).
     pub digest: String,
+    /// The layer steps of a build (empty for a load).
+    pub steps: Vec<StepReport>,
 }
 
 /// SOURCE_DATE_EPOCH from the environment (0 if unset or empty).
@@ -135,19 +214,73 @@ pub async fn build(options: &BuildOptions) -> Result<ImageInfo, BuildError> {
     }
     let dockerfile = options.dockerfile.clone().unwrap_or_else(|| options.context.join("Dockerfile"));
     let file = dockerfile.display().to_string();
-    let instructions = dockerfile::parse_file(&dockerfile, &file)?;
+    let parsed = dockerfile::parse_file(&dockerfile, &file)?;
+    if let Some(target) = &options.target {
+        let lower = target.to_ascii_lowercase();
+        let found = parsed
+            .instructions
+            .iter()
+            .any(|i| matches!(&i.kind, dockerfile::Kind::From { name: Some(n), .. } if *n == lower));
+        if !found {
+            return Err(BuildError::NoTarget(target.clone()));
+        }
+    }
+    let ignore = ignore::Ignore::load(&context)
+        .map_err(|source| BuildError::Ignore { path: context.join(".dockerignore").display().to_string(), source })?;
+    let cache = options.cache_dir.as_ref().and_then(|dir| match cache::Cache::open(dir) {
+        Ok(cache) => Some(cache),
+        Err(e) => {
+            tracing::warn!("build cache {} unusable ({e}); building without it", dir.display());
+            None
+        }
+    });
 
     let blobs = BlobStore::temp().map_err(BuildError::Temp)?;
-    let mut session = build::Session::new(&options.containerd, context, blobs, options.source_date_epoch);
-    for instruction in &instructions {
-        session.step(instruction).await.map_err(|source| BuildError::Step {
-            file: file.clone(),
-            line: instruction.line,
-            instruction: short(&instruction.text),
-            source,
-        })?;
+    let mut session = build::Session::new(options, context, ignore, blobs, parsed.escape, cache);
+    let total = parsed.instructions.len();
+    let progress = progress::Progress::new(options.progress);
+    let needed = needed_stages(&parsed.instructions, options.target.as_deref());
+    let mut stage_index = None;
+    for (n, instruction) in parsed.instructions.iter().enumerate() {
+        let is_from = matches!(instruction.kind, dockerfile::Kind::From { .. });
+        if is_from && session.started() {
+            if let (Some(target), Some(current)) = (&options.target, session.current_stage_name()) {
+                if target.eq_ignore_ascii_case(current) {
+                    break;
+                }
+            }
+        }
+        if let dockerfile::Kind::From { name, .. } = &instruction.kind {
+            let index = stage_index.map_or(0, |i| i + 1);
+            stage_index = Some(index);
+            if !needed.get(index).copied().unwrap_or(true) {
+                let args = stage_args(&parsed.instructions[n + 1..]);
+                session.skip_stage(name.clone(), &args);
+                continue;
+            }
+        }
+        if stage_index.is_some_and(|i| !needed.get(i).copied().unwrap_or(true)) {
+            continue;
+        }
+        run_step(&mut session, &progress, instruction, &file, n + 1, total).await?;
+        if is_from {
+            // The base image's ONBUILD triggers run right after its FROM.
+            for trigger in std::mem::take(&mut session.stage.image.base_triggers) {
+                let instruction = trigger_instruction(&trigger, instruction, session.escape, &file)?;
+                run_step(&mut session, &progress, &instruction, &file, n + 1, total).await?;
+            }
+        }
     }
-    let written = session.image.write(&session.blobs)?;
+    let unused: Vec<&str> = options
+        .build_args
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| !session.declared_args.contains(*k))
+        .collect();
+    if !unused.is_empty() {
+        tracing::warn!("build arguments not declared by any ARG: {}", unused.join(", "));
+    }
+    let written = session.stage.image.write(&session.blobs)?;
     let digest = written.manifest.digest().to_string();
     tracing::info!("built {name}: manifest {digest}, {} layers", written.layers.len());
 
@@ -159,15 +292,124 @@ pub async fn build(options: &BuildOptions) -> Result<ImageInfo, BuildError> {
         archive::write(output, &session.blobs, &image, &name, reference.tag.as_deref(), options.source_date_epoch)?;
         tracing::info!("wrote OCI archive {}", output.display());
     }
+    if let Some(layout) = &options.output_layout {
+        session.fetch_remote_blobs().await?;
+        let mut blob_list = vec![written.config.digest().to_string()];
+        blob_list.extend(written.layers.iter().map(|l| l.digest().to_string()));
+        let image = ArchiveImage { target: &written.manifest, blobs: &blob_list };
+        archive::write_layout(layout, &session.blobs, &image, &name, reference.tag.as_deref(), options.source_date_epoch)?;
+        tracing::info!("wrote OCI layout {}", layout.display());
+    }
     if options.load {
-        let store = match session.store.take() {
+        let mut store = match session.store.take() {
             Some(store) => store,
             None => ContainerdStore::connect(&options.containerd.address, &options.containerd.namespace).await?,
         };
+        store.set_upload_progress(progress.uploads());
         load_into(store, &session.blobs, &[(name.clone(), written.manifest.clone())]).await?;
         tracing::info!("loaded {name} into containerd (namespace {})", options.containerd.namespace);
     }
-    Ok(ImageInfo { name, digest })
+    Ok(ImageInfo { name, digest, steps: std::mem::take(&mut session.steps) })
+}
+
+/// ARG names declared in a stage (the instructions up to the next FROM).
+fn stage_args(rest: &[dockerfile::Instruction]) -> Vec<String> {
+    rest.iter()
+        .take_while(|i| !matches!(i.kind, dockerfile::Kind::From { .. }))
+        .filter_map(|i| match &i.kind {
+            dockerfile::Kind::Arg(list) => Some(list.iter().map(|(n, _)| n.clone())),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// Which stages the output (the last stage, or `target`) needs: itself,
+/// the stage it is FROM, and the stages it COPYs `--from`, transitively. A
+/// reference with a variable in it may mean any earlier stage.
+fn needed_stages(instructions: &[dockerfile::Instruction], target: Option<&str>) -> Vec<bool> {
+    use dockerfile::Kind;
+    // Per stage: its name and the references it makes.
+    let mut stages: Vec<(Option<String>, Vec<String>)> = Vec::new();
+    for instruction in instructions {
+        match &instruction.kind {
+            Kind::From { image, name } => stages.push((name.clone(), vec![image.clone()])),
+            Kind::Copy(args) => {
+                if let (Some(stage), Some(from)) = (stages.last_mut(), &args.from) {
+                    stage.1.push(from.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    let last = stages.len().saturating_sub(1);
+    let start = target
+        .and_then(|t| stages.iter().position(|(n, _)| n.as_deref() == Some(t.to_ascii_lowercase().as_str())))
+        .unwrap_or(last);
+    let mut needed = vec![false; stages.len()];
+    let mut todo = vec![start];
+    while let Some(i) = todo.pop() {
+        if i >= needed.len() || needed[i] {
+            continue;
+        }
+        needed[i] = true;
+        for reference in &stages[i].1 {
+            if reference.contains('$') {
+                todo.extend(0..i);
+                continue;
+            }
+            let lower = reference.to_ascii_lowercase();
+            let by_name = stages[..i].iter().rposition(|(n, _)| n.as_deref() == Some(lower.as_str()));
+            let by_index = reference.parse::<usize>().ok().filter(|&j| j < i);
+            todo.extend(by_name.or(by_index));
+        }
+    }
+    needed
+}
+
+/// Run one instruction, wrapping its error with `file:line:column:`, and
+/// print it (with CACHED for a layer from the cache) when asked to.
+async fn run_step(
+    session: &mut build::Session<'_>,
+    progress: &progress::Progress,
+    instruction: &dockerfile::Instruction,
+    file: &str,
+    n: usize,
+    total: usize,
+) -> Result<(), BuildError> {
+    let layers_before = session.steps.len();
+    let bar = progress.step(n, total, &short(&instruction.text));
+    let result = session.step(instruction).await.map_err(|source| BuildError::Step {
+        file: file.to_string(),
+        line: instruction.line,
+        column: instruction.column,
+        instruction: short(&instruction.text),
+        source,
+    });
+    match result {
+        Ok(()) => {
+            bar.finish(session.steps.len() > layers_before && session.steps.last().is_some_and(|s| s.cached));
+            Ok(())
+        }
+        Err(e) => {
+            bar.abandon();
+            Err(e)
+        }
+    }
+}
+
+/// An ONBUILD trigger of a base image as an instruction, reported at the
+/// FROM that brought it in.
+fn trigger_instruction(
+    trigger: &str,
+    from: &dockerfile::Instruction,
+    escape: char,
+    file: &str,
+) -> Result<dockerfile::Instruction, BuildError> {
+    let (kind, _) = instruction::parse(trigger, escape, Vec::new()).map_err(|(_, kind)| {
+        dockerfile::ParseError::Syntax { file: file.to_string(), line: from.line, column: from.column, kind }
+    })?;
+    Ok(dockerfile::Instruction { line: from.line, column: from.column, text: trigger.to_string(), kind })
 }
 
 /// Push images (name, target) from `blobs` under a lease, then record them.
@@ -232,7 +474,7 @@ pub async fn load(path: &Path, name: Option<&str>, containerd: &ContainerdOption
     load_into(store, &blobs, &images).await?;
     Ok(images
         .into_iter()
-        .map(|(name, desc)| ImageInfo { name, digest: desc.digest().to_string() })
+        .map(|(name, desc)| ImageInfo { name, digest: desc.digest().to_string(), steps: Vec::new() })
         .collect())
 }
 

@@ -5,47 +5,44 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use flate2::read::GzDecoder;
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 use sha2::{Digest as _, Sha256};
 
 use super::*;
 
-fn write(dir: &Path, name: &str, data: &[u8]) {
+pub(crate) fn write(dir: &Path, name: &str, data: &[u8]) {
     let path = dir.join(name);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, data).unwrap();
 }
 
-fn options(context: &Path, out: &Path) -> BuildOptions {
-    BuildOptions {
-        context: context.to_path_buf(),
-        dockerfile: None,
-        tag: "test:latest".into(),
-        output: Some(out.to_path_buf()),
-        load: false,
-        containerd: ContainerdOptions::default(),
-        source_date_epoch: 0,
-    }
+pub(crate) fn options(context: &Path, out: &Path) -> BuildOptions {
+    let mut options = BuildOptions::new(context.to_path_buf(), "test:latest".into());
+    options.output = Some(out.to_path_buf());
+    options
 }
 
-async fn build_context(context: &Path) -> Result<(ImageInfo, std::path::PathBuf), BuildError> {
-    let out = context.parent().unwrap().join(format!(
-        "{}.tar",
-        context.file_name().unwrap().to_string_lossy()
-    ));
+pub(crate) fn archive_path(context: &Path) -> std::path::PathBuf {
+    context.parent().unwrap().join(format!("{}.tar", context.file_name().unwrap().to_string_lossy()))
+}
+
+pub(crate) async fn build_context(context: &Path) -> Result<(ImageInfo, std::path::PathBuf), BuildError> {
+    let out = archive_path(context);
     build(&options(context, &out)).await.map(|info| (info, out))
 }
 
 /// An archive's manifest, config and layers (path → (mode, content or link)).
-struct Archived {
-    manifest: ImageManifest,
-    config: ImageConfiguration,
-    layers: Vec<BTreeMap<String, (u32, String)>>,
-    diff_ids: Vec<String>,
+pub(crate) struct Archived {
+    pub manifest: ImageManifest,
+    pub config: ImageConfiguration,
+    pub raw_config: serde_json::Value,
+    pub layers: Vec<BTreeMap<String, (u32, String)>>,
+    /// path → (uid, gid), per layer.
+    pub owners: Vec<BTreeMap<String, (u64, u64)>>,
+    pub diff_ids: Vec<String>,
 }
 
-fn read_archive(path: &Path) -> Archived {
+pub(crate) fn read_archive(path: &Path) -> Archived {
     let blobs = BlobStore::temp().unwrap();
     let index = archive::read(path, &blobs).unwrap();
     let target = &index.manifests()[0];
@@ -53,23 +50,27 @@ fn read_archive(path: &Path) -> Archived {
     assert_eq!(annotations[ANNOTATION_REF_NAME], "latest");
     assert_eq!(annotations[ANNOTATION_IMAGE_NAME], "docker.io/library/test:latest");
     let manifest: ImageManifest = serde_json::from_slice(&blobs.read(target.digest().as_ref()).unwrap()).unwrap();
-    let config: ImageConfiguration =
-        serde_json::from_slice(&blobs.read(manifest.config().digest().as_ref()).unwrap()).unwrap();
+    let raw = blobs.read(manifest.config().digest().as_ref()).unwrap();
+    let config: ImageConfiguration = serde_json::from_slice(&raw).unwrap();
+    let raw_config = serde_json::from_slice(&raw).unwrap();
     let mut layers = Vec::new();
+    let mut owners = Vec::new();
     let mut diff_ids = Vec::new();
     for layer in manifest.layers() {
         let mut tar = Vec::new();
-        GzDecoder::new(blobs.open(layer.digest().as_ref()).unwrap()).read_to_end(&mut tar).unwrap();
+        let blob = blobs.open(layer.digest().as_ref()).unwrap();
+        crate::basefs::decompress(blob).unwrap().read_to_end(&mut tar).unwrap();
         diff_ids.push(format!("sha256:{}", hex::encode(Sha256::digest(&tar))));
         let mut entries = BTreeMap::new();
+        let mut owner = BTreeMap::new();
         for entry in tar::Archive::new(&tar[..]).entries().unwrap() {
             let mut entry = entry.unwrap();
             let header = entry.header().clone();
-            assert_eq!(header.uid().unwrap(), 0);
-            assert_eq!(header.mtime().unwrap(), 0);
+            assert!(matches!(header.mtime().unwrap(), 0 | 1_700_000_000), "SOURCE_DATE_EPOCH or 0");
             assert_eq!(header.username().unwrap(), Some(""));
             let path = entry.path().unwrap().display().to_string();
-            let mut content = String::new();
+            owner.insert(path.clone(), (header.uid().unwrap(), header.gid().unwrap()));
+            let content;
             if header.entry_type() == tar::EntryType::Symlink {
                 content = format!("-> {}", entry.link_name().unwrap().unwrap().display());
             } else {
@@ -80,8 +81,9 @@ fn read_archive(path: &Path) -> Archived {
             entries.insert(path, (header.mode().unwrap(), content));
         }
         layers.push(entries);
+        owners.push(owner);
     }
-    Archived { manifest, config, layers, diff_ids }
+    Archived { manifest, config, raw_config, layers, owners, diff_ids }
 }
 
 fn hello_context(root: &Path) {
@@ -223,7 +225,7 @@ async fn add_error(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)], dest
 async fn add_refuses_unsafe_archive_entries() {
     use tar::EntryType::*;
     let msg = add_error(&[("../x", Regular, b"evil", None)], "/").await;
-    assert!(msg.contains("Dockerfile:3: ADD x.tar /"), "{msg}");
+    assert!(msg.contains("Dockerfile:3:1: ADD x.tar /"), "{msg}");
     assert!(msg.contains("entry \"../x\" has a \"..\" component"), "{msg}");
     let msg = add_error(&[("a/../../x", Regular, b"evil", None)], "/opt/").await;
     assert!(msg.contains("\"a/../../x\""), "{msg}");
@@ -247,11 +249,11 @@ async fn errors_name_the_dockerfile_line_and_the_thing_at_fault() {
     let ctx = temp.path().join("ctx");
     write(&ctx, "Dockerfile", b"FROM scratch\nCOPY a b\nFOO bar\n");
     let err = build_context(&ctx).await.unwrap_err().to_string();
-    assert!(err.ends_with("Dockerfile:3: unknown instruction \"FOO\""), "{err}");
+    assert!(err.ends_with("Dockerfile:3:1: unknown instruction \"FOO\""), "{err}");
 
     write(&ctx, "Dockerfile", b"FROM scratch\nCOPY missing /x\n");
     let err = build_context(&ctx).await.unwrap_err();
-    assert!(err.to_string().ends_with("Dockerfile:2: COPY missing /x"), "{err}");
+    assert!(err.to_string().ends_with("Dockerfile:2:1: COPY missing /x"), "{err}");
     assert_eq!(std::error::Error::source(&err).unwrap().to_string(), "\"missing\" not found in the build context");
 
     write(&ctx, "Dockerfile", b"FROM scratch\nCOPY ../etc /x\n");
@@ -299,3 +301,6 @@ async fn load_needs_a_name_and_containerd() {
     let err = load(&out, None, &options).await.unwrap_err();
     assert!(err.to_string().starts_with("cannot connect to containerd at "), "{err}");
 }
+
+#[path = "tests_stages.rs"]
+mod stages;

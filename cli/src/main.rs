@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use hybrid_builder::{BuildOptions, ContainerdOptions, DEFAULT_ADDRESS, DEFAULT_NAMESPACE};
+use hybrid_builder::{BuildOptions, Compression, ContainerdOptions, DEFAULT_ADDRESS, DEFAULT_NAMESPACE};
 
 #[derive(Parser)]
 #[command(name = "hybrid", version, about = "hybrid: wasm and Linux containers for containerd")]
@@ -52,6 +52,21 @@ struct BuildArgs {
     /// Load the image into containerd.
     #[arg(long)]
     load: bool,
+    /// Also write the image as an OCI image layout directory.
+    #[arg(long = "output-layout", value_name = "DIR")]
+    output_layout: Option<PathBuf>,
+    /// Set a build argument (ARG); NAME alone takes the value from the environment. Repeatable.
+    #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+    build_args: Vec<String>,
+    /// Build up to this stage (FROM ... AS NAME) and output it instead of the last stage.
+    #[arg(long, value_name = "NAME")]
+    target: Option<String>,
+    /// Do not use the build cache (${HYBRID_CACHE_DIR:-/var/lib/hybrid/cache}).
+    #[arg(long = "no-cache")]
+    no_cache: bool,
+    /// Layer compression.
+    #[arg(long, value_name = "gzip|zstd|none", default_value = "gzip")]
+    compression: Compression,
     #[command(flatten)]
     containerd: ContainerdArgs,
     /// The build context directory.
@@ -72,18 +87,26 @@ struct LoadArgs {
 }
 
 async fn build(args: BuildArgs) -> anyhow::Result<()> {
-    if args.output.is_none() && !args.load {
-        tracing::warn!("neither -o nor --load given: the image is built and discarded");
+    if args.output.is_none() && args.output_layout.is_none() && !args.load {
+        tracing::warn!("neither -o, --output-layout nor --load given: the image is built and discarded");
     }
-    let options = BuildOptions {
-        context: args.context,
-        dockerfile: args.file,
-        tag: args.tag,
-        output: args.output,
-        load: args.load,
-        containerd: args.containerd.options(),
-        source_date_epoch: hybrid_builder::source_date_epoch_from_env()?,
-    };
+    let build_args = args
+        .build_args
+        .iter()
+        .map(|a| hybrid_builder::parse_build_arg(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut options = BuildOptions::new(args.context, args.tag);
+    options.dockerfile = args.file;
+    options.output = args.output;
+    options.output_layout = args.output_layout;
+    options.load = args.load;
+    options.containerd = args.containerd.options();
+    options.source_date_epoch = hybrid_builder::source_date_epoch_from_env()?;
+    options.build_args = build_args;
+    options.target = args.target;
+    options.cache_dir = (!args.no_cache).then(hybrid_builder::cache_dir_from_env);
+    options.compression = args.compression;
+    options.progress = true;
     let image = hybrid_builder::build(&options).await?;
     println!("{} {}", image.name, image.digest);
     Ok(())

@@ -186,7 +186,8 @@ fn the_same_inputs_build_the_same_image_digest() {
     for n in 0..2 {
         let out = dir.path().join(format!("image-{n}.tar"));
         let status = std::process::Command::new(hybrid_bin())
-            .args(["build", "-t", "repro:latest", "-o"])
+            // No build cache: each build must produce the layers itself.
+            .args(["build", "--no-cache", "-t", "repro:latest", "-o"])
             .arg(&out)
             .arg(&context)
             .status()
