@@ -101,6 +101,16 @@ fn open_output(name: &'static str, path: &str) -> Result<File, StdioError> {
     if path.is_empty() {
         return dev_null(name, true);
     }
+    if let Some(file) = path.strip_prefix("file://") {
+        return open_log_file(name, file);
+    }
+    if path.contains("://") {
+        return Err(StdioError::Open {
+            name,
+            path: PathBuf::from(path),
+            source: std::io::Error::new(std::io::ErrorKind::Unsupported, "only fifo paths and file:// URIs are supported"),
+        });
+    }
     let path = Path::new(path);
     let started = Instant::now();
     loop {
@@ -122,6 +132,19 @@ fn open_output(name: &'static str, path: &str) -> Result<File, StdioError> {
             Err(source) => return Err(StdioError::Open { name, path: path.to_path_buf(), source }),
         }
     }
+}
+
+/// `file:///path` (ctr run --log-uri): stdout and stderr appended to a file.
+fn open_log_file(name: &'static str, path: &str) -> Result<File, StdioError> {
+    let path = Path::new(path);
+    let open_err = |source| StdioError::Open { name, path: path.to_path_buf(), source };
+    if !path.is_absolute() {
+        return Err(open_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a file:// log path must be absolute")));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(open_err)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path).map_err(open_err)
 }
 
 #[cfg(test)]
@@ -146,6 +169,25 @@ mod tests {
         let mut got = String::new();
         File::open(&out).expect("reopen").read_to_string(&mut got).expect("read");
         assert_eq!(got, "hello");
+    }
+
+    #[test]
+    fn file_uris_append_to_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("logs/task.log");
+        let uri = format!("file://{}", log.display());
+        let paths = StdioPaths { stdout: uri.clone(), stderr: uri, ..Default::default() };
+        let mut stdio = paths.open().expect("open");
+        stdio.stdout.write_all(b"out\n").expect("write");
+        stdio.stderr.write_all(b"err\n").expect("write");
+        assert_eq!(std::fs::read_to_string(&log).expect("read"), "out\nerr\n");
+    }
+
+    #[test]
+    fn unknown_uri_schemes_are_refused_by_name() {
+        let paths = StdioPaths { stdout: "binary:///usr/bin/logger".into(), ..Default::default() };
+        let err = paths.open().expect_err("must fail");
+        assert!(err.to_string().contains("binary:///usr/bin/logger"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! container lifecycle in `hybrid-runtime`.
 
 mod events;
+mod info;
 mod metrics;
 mod rootfs;
 mod service;
@@ -17,6 +18,16 @@ fn main() {
         println!("{}:", args.first().map(String::as_str).unwrap_or("containerd-shim-hybrid-v2"));
         println!("  Version: {}", env!("CARGO_PKG_VERSION"));
         println!("  Runtime: {RUNTIME_ID}");
+        return;
+    }
+    if args.iter().skip(1).any(|a| a == "-info" || a == "--info") {
+        match info::features_json() {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("{RUNTIME_ID}: cannot describe features: {e}");
+                std::process::exit(1);
+            }
+        }
         return;
     }
     let config = containerd_shim::Config {
