@@ -1,0 +1,188 @@
+//! Grouping and resilience: many containers served by one shim, cleanup
+//! after a lost shim, and no leaks over many create/start/delete cycles.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hybrid_tests::*;
+
+const GROUP_ANNOTATION: &str = "io.containerd.hybrid.v2.group";
+
+/// The ttrpc address containerd recorded for a task's shim.
+fn shim_address(env: &Env, id: &str) -> String {
+    let path = env.state.join("state/io.containerd.runtime.v2.task/default").join(id).join("address");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path:?}: {e}"))
+}
+
+/// Pids of our shim processes serving `socket`. A wasm container's init is
+/// a clone of the shim that never execs, so it carries the shim's command
+/// line too; it lives in the container's pid namespace, the shim in ours.
+fn shims_on(socket: &str) -> Vec<i32> {
+    let our_pid_ns = std::fs::read_link("/proc/self/ns/pid").ok();
+    processes_mentioning(socket)
+        .into_iter()
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() == our_pid_ns)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("containerd-shim-hybrid-v2"))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn run_detached(env: &Env, id: &str, image_ref: &str, group: Option<&str>, args: &[&str]) {
+    let annotation = group.map(|g| format!("{GROUP_ANNOTATION}={g}"));
+    let mut cmd: Vec<&str> = vec!["run", "-d", "--runtime", HYBRID_RUNTIME];
+    if let Some(a) = &annotation {
+        cmd.extend(["--annotation", a.as_str()]);
+    }
+    cmd.extend([image_ref, id]);
+    cmd.extend(args);
+    let run = env.ctr_out(&cmd);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(env.wait_for_status(id, "RUNNING", Duration::from_secs(30)), "task {id} never ran");
+}
+
+fn remove(env: &Env, id: &str) {
+    let _ = env.ctr_out(&["task", "kill", "-s", "SIGKILL", id]);
+    env.wait_for_status(id, "STOPPED", Duration::from_secs(10));
+    let rm = env.ctr_out(&["task", "rm", id]);
+    assert_eq!(rm.code, 0, "{rm:?}");
+    let crm = env.ctr_out(&["container", "rm", id]);
+    assert_eq!(crm.code, 0, "{crm:?}");
+}
+
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done()
+}
+
+#[test]
+fn a_group_is_served_by_one_shim_until_its_last_container_is_deleted() {
+    let env = env();
+    let group = unique_id("group");
+    let (native, wasm) = (unique_id("g-native"), unique_id("g-wasm"));
+    run_detached(env, &native, &image("busybox"), Some(&group), &["sleep", "60"]);
+    run_detached(env, &wasm, &image("sleep-wat"), Some(&group), &[]);
+    let address = shim_address(env, &native);
+    assert_eq!(address, shim_address(env, &wasm), "both containers of the group talk to one shim");
+    let socket = address.trim_start_matches("unix://").to_string();
+    assert_eq!(shims_on(&socket).len(), 1, "exactly one shim process serves {socket}");
+
+    // Deleting the first container leaves the shim serving the second.
+    remove(env, &native);
+    assert_eq!(shims_on(&socket).len(), 1, "the shim lives while a container remains");
+    let metrics = env.ctr_out(&["task", "metrics", &wasm]);
+    assert_eq!(metrics.code, 0, "the remaining container is still served: {metrics:?}");
+    assert_eq!(env.task_status(&wasm).as_deref(), Some("RUNNING"));
+    remove(env, &wasm);
+    assert!(wait_until(Duration::from_secs(5), || shims_on(&socket).is_empty()), "the shim exits after its last container");
+}
+
+#[test]
+fn a_killed_shim_is_cleaned_up_by_delete() {
+    let env = env();
+    let id = unique_id("lost");
+    run_detached(env, &id, &image("busybox"), None, &["sleep", "60"]);
+    let ps = env.ctr_out(&["task", "ps", &id]);
+    let pids: Vec<i32> = ps.stdout.lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    assert!(!pids.is_empty(), "{ps:?}");
+    let socket = shim_address(env, &id).trim_start_matches("unix://").to_string();
+    let shims = shims_on(&socket);
+    assert_eq!(shims.len(), 1, "one shim for {id}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).expect("kill shim");
+
+    // containerd sees the shim go, runs `containerd-shim-hybrid-v2 delete`,
+    // and reports the task stopped.
+    assert!(
+        wait_until(Duration::from_secs(10), || env.task_status(&id).as_deref() != Some("RUNNING")),
+        "containerd never noticed the lost shim"
+    );
+    let _ = env.ctr_out(&["task", "rm", &id]);
+    let crm = env.ctr_out(&["container", "rm", &id]);
+    assert_eq!(crm.code, 0, "{crm:?}");
+    assert!(
+        wait_until(Duration::from_secs(5), || pids.iter().all(|p| !PathBuf::from(format!("/proc/{p}")).exists())),
+        "container processes {pids:?} outlived their shim's cleanup"
+    );
+    assert_eq!(mounts_containing(&id), Vec::<String>::new(), "mounts left");
+    assert_eq!(cgroups_named(&id), Vec::<PathBuf>::new(), "cgroups left");
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+fn zombie_children(pid: i32) -> usize {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return 0 };
+    procs
+        .flatten()
+        .filter_map(|p| std::fs::read_to_string(p.path().join("stat")).ok())
+        .filter(|stat| {
+            // "pid (comm) S ppid ..." — comm may hold spaces; parse after ')'.
+            let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+            let mut cols = after.split_whitespace();
+            let state = cols.next();
+            let ppid = cols.next().and_then(|p| p.parse::<i32>().ok());
+            state == Some("Z") && ppid == Some(pid)
+        })
+        .count()
+}
+
+#[test]
+fn two_hundred_cycles_leak_no_fd_mount_cgroup_or_zombie() {
+    let env = env();
+    let group = unique_id("cycles");
+    // An anchor keeps the group's shim alive, so that every cycle goes
+    // through the same shim process and its leaks would add up.
+    let anchor = unique_id("anchor");
+    run_detached(env, &anchor, &image("sleep-wat"), Some(&group), &[]);
+    let socket = shim_address(env, &anchor).trim_start_matches("unix://").to_string();
+    let shim = shims_on(&socket)[0];
+    let annotation = format!("{GROUP_ANNOTATION}={group}");
+    let cycle = |n: usize| {
+        let id = format!("{group}-c{n}");
+        // Alternate native and wasm, so both paths are exercised.
+        let (image_ref, args): (String, &[&str]) =
+            if n % 2 == 0 { (image("busybox"), &["true"]) } else { (image("exit-wat"), &[]) };
+        let ran: Ran = env
+            .ctr()
+            .args(["run", "--rm", "--runtime", HYBRID_RUNTIME, "--annotation", &annotation, &image_ref, &id])
+            .args(args)
+            .output()
+            .expect("ctr run")
+            .into();
+        let want = if n % 2 == 0 { 0 } else { 3 };
+        assert_eq!(ran.code, want, "cycle {n}: {ran:?}");
+    };
+    for n in 0..10 {
+        cycle(n);
+    }
+    let fds_before = fd_count(shim);
+    for n in 10..210 {
+        cycle(n);
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || fd_count(shim) <= fds_before),
+        "shim fds grew from {fds_before} to {}",
+        fd_count(shim)
+    );
+    assert_eq!(zombie_children(shim), 0, "zombies under the shim");
+    let prefix = format!("{group}-c");
+    assert_eq!(mounts_containing(&prefix), Vec::<String>::new(), "mounts left");
+    let state_root = PathBuf::from("/run/hybrid/default");
+    let leftover_state: Vec<_> = std::fs::read_dir(&state_root)
+        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert_eq!(leftover_state, Vec::<PathBuf>::new(), "container state left");
+    for n in [10, 100, 209] {
+        assert_eq!(cgroups_named(&format!("{prefix}{n}")), Vec::<PathBuf>::new(), "cgroup of cycle {n} left");
+    }
+    remove(env, &anchor);
+}
