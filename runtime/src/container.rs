@@ -3,6 +3,7 @@
 //! all of it; only the executor differs.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager};
@@ -72,6 +73,8 @@ pub struct HybridContainer {
     state_root: PathBuf,
     rootfs: PathBuf,
     annotations: HashMap<String, String>,
+    /// The read end of the wasm guest's out-of-memory pipe.
+    oom_events: Option<OwnedFd>,
 }
 
 impl HybridContainer {
@@ -101,8 +104,17 @@ impl HybridContainer {
             None
         };
         let stdio = config.stdio.open()?;
+        // A wasm guest that runs out of memory says so on this pipe; the
+        // write end reaches the container through the clone and is closed
+        // here once it is created, so the read end sees EOF at its exit.
+        let (oom_read, oom_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| ContainerError::Cgroup { id: id.clone(), message: format!("cannot create the oom pipe: {e}") })?;
+        let mut executor = HybridExecutor::new(workload.clone(), precompiled);
+        if workload.kind.is_wasm() {
+            executor = executor.with_oom_notify(oom_write.as_raw_fd());
+        }
         let inner = ContainerBuilder::new(id.clone(), SyscallType::Linux)
-            .with_executor(HybridExecutor::new(workload, precompiled))
+            .with_executor(executor)
             .with_root_path(&config.state_root)
             .map_err(lc("state root"))?
             .with_stdin(stdio.stdin)
@@ -113,7 +125,9 @@ impl HybridContainer {
             .with_detach(true)
             .build()
             .map_err(lc("create"))?;
-        Ok(Self { id, inner, state_root: config.state_root.clone(), rootfs: config.rootfs.clone(), annotations })
+        drop(oom_write);
+        let oom_events = workload.kind.is_wasm().then_some(oom_read);
+        Ok(Self { id, inner, state_root: config.state_root.clone(), rootfs: config.rootfs.clone(), annotations, oom_events })
     }
 
     /// Load a container's state left by a shim that is gone, for cleanup.
@@ -129,7 +143,14 @@ impl HybridContainer {
             state_root: state_root.to_path_buf(),
             rootfs: PathBuf::new(),
             annotations: HashMap::new(),
+            oom_events: None,
         })
+    }
+
+    /// Take the pipe on which the wasm guest reports running out of memory:
+    /// a byte means an OOM, EOF means the process is gone.
+    pub fn take_oom_events(&mut self) -> Option<std::fs::File> {
+        self.oom_events.take().map(std::fs::File::from)
     }
 
     pub(crate) fn state_root(&self) -> &Path {

@@ -3,6 +3,7 @@
 //! process over to this executor. The decision was made before (see
 //! `workload`); here it is only carried out.
 
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -11,7 +12,8 @@ use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use oci_spec::runtime::Spec;
 
-use crate::wasm::{WasiSetup, WasmSandbox};
+use crate::limits::guest_memory_limit;
+use crate::wasm::{WasiSetup, WasmExit, WasmSandbox};
 use crate::workload::Workload;
 
 /// Runs a native workload by exec, or a wasm workload in the sandbox in this
@@ -22,11 +24,19 @@ pub struct HybridExecutor {
     /// The module's machine code, compiled by the shim before the clone;
     /// the container's copy of these pages is shared copy-on-write.
     precompiled: Option<Arc<Vec<u8>>>,
+    /// The write end of a pipe to the shim (inherited through the clone): a
+    /// byte on it says the guest ran out of memory, for a TaskOOM event.
+    oom_notify: Option<RawFd>,
 }
 
 impl HybridExecutor {
     pub fn new(workload: Workload, precompiled: Option<Arc<Vec<u8>>>) -> Self {
-        Self { workload, precompiled }
+        Self { workload, precompiled, oom_notify: None }
+    }
+
+    pub fn with_oom_notify(mut self, fd: RawFd) -> Self {
+        self.oom_notify = Some(fd);
+        self
     }
 }
 
@@ -35,8 +45,16 @@ impl Executor for HybridExecutor {
         if !self.workload.kind.is_wasm() {
             return DefaultExecutor {}.exec(spec);
         }
-        let code = run_wasm_in_container(spec, &self.workload, self.precompiled.as_deref().map(Vec::as_slice))
+        let exit = run_wasm_in_container(spec, &self.workload, self.precompiled.as_deref().map(Vec::as_slice), self.oom_notify)
             .map_err(|e| ExecutorError::Other(e.to_string()))?;
+        if exit.out_of_memory {
+            if let Some(fd) = self.oom_notify {
+                // SAFETY: fd is the pipe's write end, kept open for this;
+                // a failed write only loses the event, never the exit.
+                unsafe { libc::write(fd, b"!".as_ptr().cast(), 1) };
+            }
+        }
+        let code = exit.code;
         // The process is the container's init: its exit status is the task's.
         std::process::exit(code);
     }
@@ -76,10 +94,10 @@ fn install_termination_handlers() {
 /// libcontainer marks all it inherited from the shim (its sockets, pipes)
 /// and, for an exec, waits for the close of one of them to know the process
 /// is running; the guest opens its own files afterwards.
-fn close_cloexec_fds() {
+fn close_cloexec_fds(keep: Option<RawFd>) {
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return };
     let fds: Vec<i32> = fds.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
-    for fd in fds.into_iter().filter(|&fd| fd > 2) {
+    for fd in fds.into_iter().filter(|&fd| fd > 2 && Some(fd) != keep) {
         // SAFETY: F_GETFD only reads the descriptor's flags; a stale number (the
         // read_dir handle itself, now closed) just fails with EBADF.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -91,9 +109,28 @@ fn close_cloexec_fds() {
     }
 }
 
-fn run_wasm_in_container(spec: &Spec, workload: &Workload, precompiled: Option<&[u8]>) -> Result<i32, crate::wasm::WasmError> {
+/// The process never execs, so without this `ps` and `top` would show it
+/// under the shim's name: name it after its module instead.
+fn name_process_after(module: &std::path::Path) {
+    let stem = module.file_stem().and_then(|s| s.to_str()).unwrap_or("module");
+    // The kernel keeps 15 bytes of a task's name.
+    let name: String = format!("wasm:{stem}").chars().take(15).collect();
+    if let Ok(name) = std::ffi::CString::new(name) {
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16
+        // bytes, which `name` is; it touches nothing else.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
+    }
+}
+
+fn run_wasm_in_container(
+    spec: &Spec,
+    workload: &Workload,
+    precompiled: Option<&[u8]>,
+    oom_notify: Option<RawFd>,
+) -> Result<WasmExit, crate::wasm::WasmError> {
     install_termination_handlers();
-    close_cloexec_fds();
+    close_cloexec_fds(oom_notify);
+    name_process_after(&workload.entrypoint);
     let process = spec.process().as_ref();
     let args = process.and_then(|p| p.args().clone()).unwrap_or_default();
     let env = process.and_then(|p| p.env().clone()).unwrap_or_default();
@@ -103,10 +140,17 @@ fn run_wasm_in_container(spec: &Spec, workload: &Workload, precompiled: Option<&
         // Relative paths in the guest resolve against ".", the container's cwd.
         preopens.push((cwd.clone(), ".".to_string()));
     }
+    let spec_memory_limit = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit());
     let setup = WasiSetup {
         args,
         env: WasiSetup::env_from_spec(&env),
         preopens,
+        memory_limit: guest_memory_limit(spec_memory_limit),
     };
     let sandbox = WasmSandbox::new()?;
     let module = sandbox.load(&workload.entrypoint, precompiled)?;

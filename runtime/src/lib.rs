@@ -8,6 +8,7 @@
 pub mod compile_cache;
 pub mod container;
 pub mod exec;
+pub mod limits;
 pub mod executor;
 pub mod stdio;
 pub mod wasm;

@@ -12,6 +12,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use crate::compile_cache::{load_artifact, CacheOutcome, CompileCache};
+use crate::limits::SandboxLimits;
 
 /// The exit status of a module that trapped: the same a native process
 /// reports when it aborts (128 + SIGABRT).
@@ -76,6 +77,27 @@ pub struct WasiSetup {
     pub env: Vec<(String, String)>,
     /// `(host path, guest path)` pairs, preopened read-write.
     pub preopens: Vec<(PathBuf, String)>,
+    /// The most linear memory (and tables) the guest may have, in bytes.
+    pub memory_limit: Option<usize>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WasmExit {
+    /// The process exit status to report.
+    pub code: i32,
+    /// The guest failed after being denied memory past its limit.
+    pub out_of_memory: bool,
+}
+
+/// The exit status of a guest stopped by its memory limit: what containerd
+/// expects of an OOM-killed process (128 + SIGKILL).
+pub const OOM_EXIT_CODE: i32 = 137;
+
+/// The store's data: WASI and the limits.
+struct Host {
+    wasi: WasiP1Ctx,
+    limits: SandboxLimits,
 }
 
 impl WasiSetup {
@@ -112,10 +134,11 @@ impl WasmSandbox {
         })
     }
 
-    /// Runs `module` as a WASI command and returns its exit status: the
-    /// value of `proc_exit`, 0 when `_start` returns, or [`TRAP_EXIT_CODE`]
-    /// on a trap, whose message goes to stderr.
-    pub fn run(&self, path: &Path, module: &Module, export: Option<&str>, setup: &WasiSetup) -> Result<i32, WasmError> {
+    /// Runs `module` as a WASI command. Its exit status is the value of
+    /// `proc_exit`, 0 when `_start` returns, or [`TRAP_EXIT_CODE`] on a trap,
+    /// whose message goes to stderr; a guest that fails after being denied
+    /// memory past its limit ends with [`OOM_EXIT_CODE`].
+    pub fn run(&self, path: &Path, module: &Module, export: Option<&str>, setup: &WasiSetup) -> Result<WasmExit, WasmError> {
         let mut builder = WasiCtxBuilder::new();
         builder.args(&setup.args).envs(&setup.env).inherit_stdio();
         for (host, guest) in &setup.preopens {
@@ -127,13 +150,15 @@ impl WasmSandbox {
                     message: format!("{e:#}"),
                 })?;
         }
-        let mut store = Store::new(&self.engine, builder.build_p1());
-        let mut linker: Linker<WasiP1Ctx> = Linker::new(&self.engine);
+        let host = Host { wasi: builder.build_p1(), limits: SandboxLimits::new(setup.memory_limit) };
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|host| &mut host.limits);
+        let mut linker: Linker<Host> = Linker::new(&self.engine);
         let link_err = |e: wasmtime::Error| WasmError::Link {
             path: path.to_path_buf(),
             message: format!("{e:#}"),
         };
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx).map_err(link_err)?;
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |host| &mut host.wasi).map_err(link_err)?;
         let instance = linker.instantiate(&mut store, module).map_err(link_err)?;
         let name = export.unwrap_or("_start");
         let func = instance
@@ -142,7 +167,7 @@ impl WasmSandbox {
                 path: path.to_path_buf(),
                 export: name.to_string(),
             })?;
-        Ok(match func.call(&mut store, ()) {
+        let code = match func.call(&mut store, ()) {
             Ok(()) => 0,
             Err(e) => match e.downcast_ref::<I32Exit>() {
                 Some(exit) => exit.0,
@@ -151,6 +176,15 @@ impl WasmSandbox {
                     TRAP_EXIT_CODE
                 }
             },
-        })
+        };
+        if code != 0 && store.data().limits.denied() {
+            eprintln!(
+                "wasm module {} ran out of memory: its limit is {} bytes",
+                path.display(),
+                setup.memory_limit.unwrap_or_default()
+            );
+            return Ok(WasmExit { code: OOM_EXIT_CODE, out_of_memory: true });
+        }
+        Ok(WasmExit { code, out_of_memory: false })
     }
 }

@@ -113,3 +113,50 @@ fn a_spinning_module_is_stopped_by_a_kill() {
     assert_eq!(status.code(), Some(143));
     assert!(took < Duration::from_secs(1), "took {took:?}");
 }
+
+#[test]
+fn a_memory_bomb_is_contained_with_an_oom_exit_and_event() {
+    let env = env();
+    let image = build_image(
+        "bomb",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY bomb.wat /bomb.wat\nENTRYPOINT [\"/bomb.wat\"]\n"),
+            (
+                "bomb.wat",
+                r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (local $page i32)
+    (loop $grow
+      ;; 1 MiB more, touched, until the sandbox says no.
+      (local.set $page (memory.grow (i32.const 16)))
+      (if (i32.eq (local.get $page) (i32.const -1)) (then unreachable))
+      (i32.store8 (i32.mul (local.get $page) (i32.const 65536)) (i32.const 1))
+      (br $grow))))
+"#,
+            ),
+        ],
+    );
+    let mut events = env
+        .ctr()
+        .args(["events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ctr events");
+    std::thread::sleep(Duration::from_millis(200));
+    let id = unique_id("bomb");
+    let mut cmd = env.ctr();
+    cmd.args(["run", "--rm", "--runtime", HYBRID_RUNTIME, "--memory-limit", "67108864", &image, &id]);
+    let ran: Ran = cmd.output().expect("ctr run").into();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = events.kill();
+    let out = events.wait_with_output().expect("events output");
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(ran.code, 137, "a guest stopped by its memory limit ends like an OOM kill: {ran:?}");
+    assert!(ran.stderr.contains("out of memory"), "{ran:?}");
+    assert!(
+        events.lines().any(|l| l.contains("/tasks/oom") && l.contains(&id)),
+        "TaskOOM published for {id}:\n{events}"
+    );
+}

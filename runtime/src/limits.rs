@@ -1,0 +1,82 @@
+//! Resource limits inside the wasm sandbox, from the spec: the container's
+//! memory limit bounds linear memory and tables, so a memory bomb is stopped
+//! by the sandbox (and reported as an OOM) before the kernel has to kill the
+//! whole process.
+
+use wasmtime::ResourceLimiter;
+
+/// Room left for wasmtime itself and WASI inside the cgroup's limit: the
+/// guest gets the limit minus this (a quarter of it at most).
+const RUNTIME_HEADROOM: u64 = 16 * 1024 * 1024;
+/// What one table element costs against the memory limit (a pointer).
+const TABLE_ELEMENT_BYTES: usize = 8;
+
+/// The guest's share of a container memory limit of `limit` bytes, or None
+/// when the spec sets no limit (a negative or zero limit means none).
+pub fn guest_memory_limit(limit: Option<i64>) -> Option<usize> {
+    let limit = u64::try_from(limit?).ok().filter(|l| *l > 0)?;
+    let headroom = RUNTIME_HEADROOM.min(limit / 4);
+    usize::try_from(limit - headroom).ok()
+}
+
+/// Denies growth past the limit and remembers that it did.
+#[derive(Debug, Default)]
+pub struct SandboxLimits {
+    memory_bytes: Option<usize>,
+    denied: bool,
+}
+
+impl SandboxLimits {
+    pub fn new(memory_bytes: Option<usize>) -> Self {
+        Self { memory_bytes, denied: false }
+    }
+
+    /// Whether the guest ever asked for more than its limit.
+    pub fn denied(&self) -> bool {
+        self.denied
+    }
+
+    fn allow(&mut self, desired_bytes: usize) -> bool {
+        let within = self.memory_bytes.is_none_or(|max| desired_bytes <= max);
+        self.denied |= !within;
+        within
+    }
+}
+
+impl ResourceLimiter for SandboxLimits {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(self.allow(desired))
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(self.allow(desired.saturating_mul(TABLE_ELEMENT_BYTES)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_limit_in_the_spec_means_no_limit() {
+        assert_eq!(guest_memory_limit(None), None);
+        assert_eq!(guest_memory_limit(Some(0)), None);
+        assert_eq!(guest_memory_limit(Some(-1)), None);
+    }
+
+    #[test]
+    fn the_guest_gets_the_limit_minus_headroom() {
+        assert_eq!(guest_memory_limit(Some(64 << 20)), Some(48 << 20));
+        // Small limits keep three quarters for the guest.
+        assert_eq!(guest_memory_limit(Some(8 << 20)), Some(6 << 20));
+    }
+
+    #[test]
+    fn growth_past_the_limit_is_denied_and_remembered() {
+        let mut limits = SandboxLimits::new(Some(1 << 20));
+        assert!(limits.memory_growing(0, 1 << 20, None).expect("grow"));
+        assert!(!limits.denied());
+        assert!(!limits.memory_growing(1 << 20, 2 << 20, None).expect("grow"));
+        assert!(limits.denied());
+    }
+}
