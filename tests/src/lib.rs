@@ -119,6 +119,14 @@ pub fn build_image(name: &str, files: &[(&str, &str)]) -> String {
     format!("docker.io/{tag}")
 }
 
+/// An image whose entrypoint is one WAT module, `/app.wat`.
+pub fn wat_image(name: &str, wat: &str) -> String {
+    build_image(
+        name,
+        &[("Dockerfile", "FROM scratch\nCOPY app.wat /app.wat\nENTRYPOINT [\"/app.wat\"]\n"), ("app.wat", wat)],
+    )
+}
+
 impl Env {
     pub fn containerd_log(&self) -> String {
         std::fs::read_to_string(self.state.join("containerd.log")).unwrap_or_default()

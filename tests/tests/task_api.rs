@@ -103,13 +103,7 @@ fn exec_of_a_wasm_module_beside_a_native_init() {
 #[test]
 fn pause_freezes_a_spinning_wasm_task_and_resume_thaws_it() {
     let env = env();
-    let image_ref = build_image(
-        "pause-spin",
-        &[
-            ("Dockerfile", "FROM scratch\nCOPY spin.wat /spin.wat\nENTRYPOINT [\"/spin.wat\"]\n"),
-            ("spin.wat", "(module (memory (export \"memory\") 1) (func (export \"_start\") (loop (br 0))))\n;; pause\n"),
-        ],
-    );
+    let image_ref = wat_image("pause-spin", "(module (memory (export \"memory\") 1) (func (export \"_start\") (loop (br 0))))\n;; pause\n");
     let task = Running::start(env, &image_ref, &[]);
     let pause = env.ctr_out(&["task", "pause", &task.id]);
     assert_eq!(pause.code, 0, "{pause:?}");

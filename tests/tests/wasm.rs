@@ -19,13 +19,7 @@ fn precompile_outcome(env: &Env, id: &str) -> Option<String> {
 fn the_second_start_of_a_module_does_not_compile() {
     let env = env();
     // A module no other test runs, so its first start is this test's.
-    let image = build_image(
-        "cache-once",
-        &[
-            ("Dockerfile", "FROM scratch\nCOPY app.wat /app.wat\nENTRYPOINT [\"/app.wat\"]\n"),
-            ("app.wat", "(module (memory (export \"memory\") 1) (func (export \"_start\")))\n;; cache-once\n"),
-        ],
-    );
+    let image = wat_image("cache-once", "(module (memory (export \"memory\") 1) (func (export \"_start\")))\n;; cache-once\n");
     let first = unique_id("cache1");
     let ran = env.run(HYBRID_RUNTIME, &image, &first, &[]);
     assert_eq!(ran.code, 0, "{ran:?}");
@@ -39,13 +33,7 @@ fn the_second_start_of_a_module_does_not_compile() {
 #[test]
 fn a_corrupt_cache_entry_is_recompiled() {
     let env = env();
-    let image = build_image(
-        "cache-corrupt",
-        &[
-            ("Dockerfile", "FROM scratch\nCOPY app.wat /app.wat\nENTRYPOINT [\"/app.wat\"]\n"),
-            ("app.wat", "(module (memory (export \"memory\") 1) (func (export \"_start\")))\n;; cache-corrupt\n"),
-        ],
-    );
+    let image = wat_image("cache-corrupt", "(module (memory (export \"memory\") 1) (func (export \"_start\")))\n;; cache-corrupt\n");
     let ran = env.run(HYBRID_RUNTIME, &image, &unique_id("corrupt1"), &[]);
     assert_eq!(ran.code, 0, "{ran:?}");
     // Flip a byte in every entry: none may be loaded, all must be rebuilt.
@@ -65,13 +53,7 @@ fn a_corrupt_cache_entry_is_recompiled() {
 #[test]
 fn a_trap_gives_a_nonzero_exit_and_a_message() {
     let env = env();
-    let image = build_image(
-        "trap",
-        &[
-            ("Dockerfile", "FROM scratch\nCOPY trap.wat /trap.wat\nENTRYPOINT [\"/trap.wat\"]\n"),
-            ("trap.wat", "(module (memory (export \"memory\") 1) (func (export \"_start\") unreachable))\n"),
-        ],
-    );
+    let image = wat_image("trap", "(module (memory (export \"memory\") 1) (func (export \"_start\") unreachable))\n");
     let ran = env.run(HYBRID_RUNTIME, &image, &unique_id("trap"), &[]);
     assert_eq!(ran.code, 134, "a trap ends like an abort: {ran:?}");
     assert!(ran.stderr.contains("trapped") && ran.stderr.contains("unreachable"), "{ran:?}");
@@ -80,13 +62,7 @@ fn a_trap_gives_a_nonzero_exit_and_a_message() {
 #[test]
 fn a_spinning_module_is_stopped_by_a_kill() {
     let env = env();
-    let image = build_image(
-        "spin",
-        &[
-            ("Dockerfile", "FROM scratch\nCOPY spin.wat /spin.wat\nENTRYPOINT [\"/spin.wat\"]\n"),
-            ("spin.wat", "(module (memory (export \"memory\") 1) (func (export \"_start\") (loop (br 0))))\n"),
-        ],
-    );
+    let image = wat_image("spin", "(module (memory (export \"memory\") 1) (func (export \"_start\") (loop (br 0))))\n");
     let id = unique_id("spin");
     let mut child = env
         .ctr()
@@ -117,13 +93,7 @@ fn a_spinning_module_is_stopped_by_a_kill() {
 #[test]
 fn a_memory_bomb_is_contained_with_an_oom_exit_and_event() {
     let env = env();
-    let image = build_image(
-        "bomb",
-        &[
-            ("Dockerfile", "FROM scratch\nCOPY bomb.wat /bomb.wat\nENTRYPOINT [\"/bomb.wat\"]\n"),
-            (
-                "bomb.wat",
-                r#"(module
+    let image = wat_image("bomb", r#"(module
   (memory (export "memory") 1)
   (func (export "_start")
     (local $page i32)
@@ -133,10 +103,7 @@ fn a_memory_bomb_is_contained_with_an_oom_exit_and_event() {
       (if (i32.eq (local.get $page) (i32.const -1)) (then unreachable))
       (i32.store8 (i32.mul (local.get $page) (i32.const 65536)) (i32.const 1))
       (br $grow))))
-"#,
-            ),
-        ],
-    );
+"#);
     let mut events = env
         .ctr()
         .args(["events"])
