@@ -311,6 +311,16 @@ impl Task for TaskService {
         Ok(api::DeleteResponse { pid, exit_status: exited.status, exited_at: MessageField::some(exited.at), ..Default::default() })
     }
 
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        // The process reads containerd's stdin fifo itself and the shim keeps
+        // no copy of it, so the process sees EOF as soon as containerd's
+        // writer closes: there is nothing left here to close.
+        let st = self.lock();
+        let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        entry.proc(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;
+        Ok(api::Empty::default())
+    }
+
     fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
         let mut st = self.lock();
         let entry = st.containers.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;

@@ -206,3 +206,64 @@ fn manifest_digest_of(archive: &std::path::Path) -> String {
     let start = index.find("sha256:").unwrap_or_else(|| panic!("no digest in index.json: {index}"));
     index[start..start + 71].to_string()
 }
+
+/// `ctr run` (which attaches its stdin) with `input` piped to it.
+fn run_with_stdin(image_ref: &str, args: &[&str], input: &str) -> Ran {
+    use std::io::Write;
+    let env = env();
+    let id = unique_id("stdin");
+    let mut child = env
+        .ctr()
+        .args(["run", "--rm", "--runtime", HYBRID_RUNTIME, image_ref, &id])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ctr run");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("write stdin");
+    drop(stdin); // EOF must reach the process, or it never ends.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{id}: stdin EOF never reached the process");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output").into()
+}
+
+#[test]
+fn stdin_is_piped_to_a_native_process_and_eof_ends_it() {
+    let ran = run_with_stdin(&image("busybox"), &["cat"], "piped into cat\n");
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(ran.stdout, "piped into cat\n", "{ran:?}");
+}
+
+#[test]
+fn stdin_is_piped_to_a_wasm_module_and_eof_ends_it() {
+    // A WASI cat: fd_read from 0 into a buffer, fd_write it to 1, until 0 bytes.
+    let cat = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    ;; iovec at 0: buf=64, len=1024; nread/nwritten at 16
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 1024))
+    (loop $copy
+      (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 16)))
+      (if (i32.gt_u (i32.load (i32.const 16)) (i32.const 0))
+        (then
+          (i32.store (i32.const 8) (i32.const 64))
+          (i32.store (i32.const 12) (i32.load (i32.const 16)))
+          (drop (call $write (i32.const 1) (i32.const 8) (i32.const 1) (i32.const 20)))
+          (br $copy))))))
+"#;
+    let image_ref = wat_image("wasi-cat", cat);
+    let ran = run_with_stdin(&image_ref, &[], "piped into wasm\n");
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(ran.stdout, "piped into wasm\n", "{ran:?}");
+}
