@@ -246,6 +246,22 @@ impl HybridContainer {
         Ok(pids.into_iter().map(|p| p.as_raw()).collect())
     }
 
+    /// Change the container's cgroup limits while it runs. `resources_json`
+    /// is an OCI LinuxResources document, as containerd's Update sends it.
+    /// A wasm guest's own memory bound was set at start and stays.
+    pub fn update(&self, resources_json: &[u8]) -> Result<(), ContainerError> {
+        let cgroup_err = |message: String| ContainerError::Cgroup { id: self.id.clone(), message };
+        let resources: oci_spec::runtime::LinuxResources =
+            serde_json::from_slice(resources_json).map_err(|e| cgroup_err(format!("invalid resources: {e}")))?;
+        let opt = libcgroups::common::ControllerOpt {
+            resources: &resources,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        };
+        self.cgroup_manager()?.apply(&opt).map_err(|e| cgroup_err(e.to_string()))
+    }
+
     /// The container's cgroup metrics, and which cgroup version they are of
     /// (their units differ: v1 cpu time is in ns, v2 in µs).
     pub fn stats(&self) -> Result<(CgroupStats, CgroupVersion), ContainerError> {

@@ -311,6 +311,21 @@ impl Task for TaskService {
         Ok(api::DeleteResponse { pid, exit_status: exited.status, exited_at: MessageField::some(exited.at), ..Default::default() })
     }
 
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        let span = tracing::info_span!("update", id = %req.id);
+        let _enter = span.enter();
+        let st = self.lock();
+        let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let Some(resources) = req.resources.as_ref() else {
+            return Ok(api::Empty::default());
+        };
+        entry
+            .container
+            .update(&resources.value)
+            .map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))?;
+        Ok(api::Empty::default())
+    }
+
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
         // The process reads containerd's stdin fifo itself and the shim keeps
         // no copy of it, so the process sees EOF as soon as containerd's
