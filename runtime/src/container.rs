@@ -262,6 +262,29 @@ impl HybridContainer {
         self.cgroup_manager()?.apply(&opt).map_err(|e| cgroup_err(e.to_string()))
     }
 
+    /// How many times the kernel's OOM killer has killed a process of this
+    /// container's memory cgroup (v1 `memory.oom_control`, v2
+    /// `memory.events`), or None when that cannot be read.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let cgroup_path = self.inner.spec().ok()?.cgroup_path;
+        let relative = cgroup_path.strip_prefix("/").unwrap_or(&cgroup_path);
+        let file = match libcgroups::common::get_cgroup_setup().ok()? {
+            libcgroups::common::CgroupSetup::Unified => {
+                Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT).join(relative).join("memory.events")
+            }
+            _ => libcgroups::v1::util::get_subsystem_mount_point(&libcgroups::v1::ControllerType::Memory)
+                .ok()?
+                .join(relative)
+                .join("memory.oom_control"),
+        };
+        // Both files are "key value" lines; libcgroups keeps its parser for
+        // them private, and this is the one line needed.
+        std::fs::read_to_string(file)
+            .ok()?
+            .lines()
+            .find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse().ok())
+    }
+
     /// The container's cgroup metrics, and which cgroup version they are of
     /// (their units differ: v1 cpu time is in ns, v2 in µs).
     pub fn stats(&self) -> Result<(CgroupStats, CgroupVersion), ContainerError> {

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
 use containerd_shim::monitor::{monitor_subscribe, ExitEvent, Subject, Topic};
-use containerd_shim::protos::events::task::TaskExit;
+use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
-use containerd_shim::protos::topics::TASK_EXIT_EVENT_TOPIC;
+use containerd_shim::protos::topics::{TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC};
 use hybrid_runtime::{HybridContainer, PreparedExec, StdioPaths};
 
 use crate::events::EventSender;
@@ -110,6 +110,12 @@ fn record_exit(st: &mut State, pid: i32, exit_code: i32, events: &EventSender) -
             }
             let exited = Exited { status: exit_code as u32, at: Timestamp::now() };
             tracing::info!(id = %id, process = %proc_id, pid, exit_code, "process exited");
+            // The kernel's OOM killer leaves no trace in the exit status but a
+            // SIGKILL: ask the memory cgroup, and say so before the exit.
+            if proc_id == *id && entry.container.oom_kills().is_some_and(|n| n > 0) {
+                tracing::warn!(id = %id, "killed by the OOM killer");
+                events.send(TASK_OOM_EVENT_TOPIC, TaskOOM { container_id: id.clone(), ..Default::default() });
+            }
             events.send(
                 TASK_EXIT_EVENT_TOPIC,
                 TaskExit {

@@ -128,6 +128,24 @@ pub fn wat_image(name: &str, wat: &str) -> String {
 }
 
 impl Env {
+    /// `ctr ARGS…` to completion, with containerd's event stream recorded
+    /// around it (`ctr events` lines: time, namespace, topic, event).
+    pub fn ctr_with_events(&self, args: &[&str]) -> (Ran, String) {
+        let mut events = self
+            .ctr()
+            .arg("events")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctr events");
+        std::thread::sleep(Duration::from_millis(200));
+        let ran: Ran = self.ctr().args(args).output().expect("ctr").into();
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = events.kill();
+        let out = events.wait_with_output().expect("events output");
+        (ran, String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     pub fn containerd_log(&self) -> String {
         std::fs::read_to_string(self.state.join("containerd.log")).unwrap_or_default()
     }

@@ -267,3 +267,28 @@ fn stdin_is_piped_to_a_wasm_module_and_eof_ends_it() {
     assert_eq!(ran.code, 0, "{ran:?}");
     assert_eq!(ran.stdout, "piped into wasm\n", "{ran:?}");
 }
+
+#[test]
+fn a_native_process_killed_by_the_oom_killer_reports_137_and_task_oom() {
+    let env = env();
+    let id = unique_id("oom");
+    let (ran, events) = env.ctr_with_events(&[
+        "run",
+        "--rm",
+        "--runtime",
+        HYBRID_RUNTIME,
+        "--memory-limit",
+        "33554432",
+        &image("busybox"),
+        &id,
+        "sh",
+        "-c",
+        // Doubles a shell variable until the memory cgroup's OOM killer acts.
+        "x=xxxxxxxxxxxxxxxx; while :; do x=$x$x; done",
+    ]);
+    assert_eq!(ran.code, 137, "{ran:?}");
+    assert!(
+        events.lines().any(|l| l.contains("/tasks/oom") && l.contains(&id)),
+        "TaskOOM published for {id}:\n{events}"
+    );
+}

@@ -104,22 +104,9 @@ fn a_memory_bomb_is_contained_with_an_oom_exit_and_event() {
       (i32.store8 (i32.mul (local.get $page) (i32.const 65536)) (i32.const 1))
       (br $grow))))
 "#);
-    let mut events = env
-        .ctr()
-        .args(["events"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ctr events");
-    std::thread::sleep(Duration::from_millis(200));
     let id = unique_id("bomb");
-    let mut cmd = env.ctr();
-    cmd.args(["run", "--rm", "--runtime", HYBRID_RUNTIME, "--memory-limit", "67108864", &image, &id]);
-    let ran: Ran = cmd.output().expect("ctr run").into();
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = events.kill();
-    let out = events.wait_with_output().expect("events output");
-    let events = String::from_utf8_lossy(&out.stdout);
+    let (ran, events) =
+        env.ctr_with_events(&["run", "--rm", "--runtime", HYBRID_RUNTIME, "--memory-limit", "67108864", &image, &id]);
     assert_eq!(ran.code, 137, "a guest stopped by its memory limit ends like an OOM kill: {ran:?}");
     assert!(ran.stderr.contains("out of memory"), "{ran:?}");
     assert!(
