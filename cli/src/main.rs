@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+mod wasm;
 use hybrid_builder::{BuildOptions, Compression, ContainerdOptions, DEFAULT_ADDRESS, DEFAULT_NAMESPACE};
 
 #[derive(Parser)]
@@ -20,6 +22,9 @@ enum Command {
     Build(BuildArgs),
     /// Load an OCI image archive into containerd.
     Load(LoadArgs),
+    /// Run wasm modules outside containers, and warm the compile cache.
+    #[command(subcommand)]
+    Wasm(wasm::WasmCommand),
 }
 
 #[derive(Args)]
@@ -131,6 +136,17 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hybrid_builder=info,hybrid=info")),
         )
         .init();
+    let command = match cli.command {
+        // Synchronous, and the module's exit status is ours.
+        Command::Wasm(command) => match wasm::main(command) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        other => other,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -139,9 +155,10 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Build(args) => build(args).await,
             Command::Load(args) => load(args).await,
+            Command::Wasm(_) => unreachable!("handled before the async runtime starts"),
         }
     });
     match result {

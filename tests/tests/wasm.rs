@@ -114,3 +114,40 @@ fn a_memory_bomb_is_contained_with_an_oom_exit_and_event() {
         "TaskOOM published for {id}:\n{events}"
     );
 }
+
+#[test]
+fn hybrid_wasm_run_gives_args_env_dirs_and_the_exit_code() {
+    let dir = repo_root().join("wasm-examples/hello-rust");
+    let out = std::process::Command::new(hybrid_bin())
+        .args(["wasm", "run", "--env", "GREETING=from-cli", "--env", "EXIT_CODE=6", "--dir"])
+        .arg(format!("{}::/data", dir.display()))
+        .arg(dir.join("hello.wasm"))
+        .args(["one", "two"])
+        .output()
+        .expect("hybrid wasm run");
+    let ran: Ran = out.into();
+    assert_eq!(ran.code, 6, "{ran:?}");
+    assert!(ran.stdout.contains("args: one two"), "{ran:?}");
+    assert!(ran.stdout.contains("GREETING=from-cli"), "{ran:?}");
+    assert!(ran.stdout.contains("message: "), "the preopened dir is readable: {ran:?}");
+}
+
+#[test]
+fn hybrid_wasm_warm_makes_the_first_container_start_a_cache_hit() {
+    let env = env();
+    let wat = "(module (memory (export \"memory\") 1) (func (export \"_start\")))\n;; warm\n";
+    let image = wat_image("warm", wat);
+    let module = tempfile::NamedTempFile::new().expect("temp module");
+    std::fs::write(module.path(), wat).expect("write module");
+    let warm = std::process::Command::new(hybrid_bin())
+        .args(["wasm", "warm"])
+        .arg(module.path())
+        .env("HYBRID_WASM_CACHE", env.wasm_cache_dir())
+        .output()
+        .expect("hybrid wasm warm");
+    assert!(warm.status.success(), "{:?}", Ran::from(warm));
+    let id = unique_id("warmed");
+    let ran = env.run(HYBRID_RUNTIME, &image, &id, &[]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(precompile_outcome(env, &id).as_deref(), Some("outcome=Hit"), "warmed ahead, never compiled at start");
+}
