@@ -15,6 +15,18 @@ pub enum WasmCommand {
     Run(RunArgs),
     /// Compile modules into the compile cache, so containers start from machine code.
     Warm(WarmArgs),
+    /// Wrap a WASI preview 1 module into a preview 2 component (wasi:cli/command)
+    /// with wasmtime's preview 1 adapter.
+    Componentize(ComponentizeArgs),
+}
+
+#[derive(Args)]
+pub struct ComponentizeArgs {
+    /// The preview 1 core module.
+    module: PathBuf,
+    /// Where to write the component.
+    #[arg(short = 'o', long = "output", value_name = "OUT.wasm")]
+    output: PathBuf,
 }
 
 #[derive(Args)]
@@ -50,7 +62,25 @@ pub fn main(command: WasmCommand) -> anyhow::Result<i32> {
     match command {
         WasmCommand::Run(args) => run(args),
         WasmCommand::Warm(args) => warm(args),
+        WasmCommand::Componentize(args) => componentize(args),
     }
+}
+
+fn componentize(args: ComponentizeArgs) -> anyhow::Result<i32> {
+    let module = std::fs::read(&args.module).with_context(|| format!("cannot read {}", args.module.display()))?;
+    let component = wit_component::ComponentEncoder::default()
+        .module(&module)
+        .with_context(|| format!("{} is not a preview 1 module the adapter can wrap", args.module.display()))?
+        .adapter(
+            "wasi_snapshot_preview1",
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+        )
+        .context("cannot load the preview 1 adapter")?
+        .validate(true)
+        .encode()
+        .with_context(|| format!("cannot encode {} as a component", args.module.display()))?;
+    std::fs::write(&args.output, component).with_context(|| format!("cannot write {}", args.output.display()))?;
+    Ok(0)
 }
 
 fn run(args: RunArgs) -> anyhow::Result<i32> {

@@ -14,7 +14,15 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
 use wasmtime::{Engine, Module};
+
+/// What an entry holds: a core module or a component, compiled differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactKind {
+    Module,
+    Component,
+}
 
 /// Where entries live unless `HYBRID_WASM_CACHE` says otherwise.
 pub const DEFAULT_CACHE_DIR: &str = "/var/lib/hybrid/wasm-cache";
@@ -70,23 +78,28 @@ impl CompileCache {
     }
 
     /// The entry's path for `module` (binary or text) compiled by `engine`.
-    pub fn entry_path(&self, engine: &Engine, module: &[u8]) -> PathBuf {
+    pub fn entry_path(&self, engine: &Engine, module: &[u8], kind: ArtifactKind) -> PathBuf {
         let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut engine_hash);
         let mut key = Sha256::new();
         key.update(module);
         key.update(engine_hash.finish().to_le_bytes());
+        key.update([kind as u8]);
         self.dir.join(format!("{}.{ENTRY_SUFFIX}", hex::encode(key.finalize())))
     }
 
     /// Make sure a valid entry exists for `module`, compiling it if needed.
-    pub fn ensure(&self, engine: &Engine, module: &[u8]) -> Result<(PathBuf, CacheOutcome), CacheError> {
-        let path = self.entry_path(engine, module);
+    pub fn ensure(&self, engine: &Engine, module: &[u8], kind: ArtifactKind) -> Result<(PathBuf, CacheOutcome), CacheError> {
+        let path = self.entry_path(engine, module, kind);
         if read_verified(&path).is_some() {
             touch(&path);
             return Ok((path, CacheOutcome::Hit));
         }
-        let compiled = engine.precompile_module(module).map_err(|e| CacheError::Compile(format!("{e:#}")))?;
+        let compiled = match kind {
+            ArtifactKind::Module => engine.precompile_module(module),
+            ArtifactKind::Component => engine.precompile_component(module),
+        }
+        .map_err(|e| CacheError::Compile(format!("{e:#}")))?;
         self.store(&path, &compiled)?;
         self.evict_beyond_bound(&path);
         Ok((path, CacheOutcome::Compiled))
@@ -94,8 +107,8 @@ impl CompileCache {
 
     /// The precompiled artifact for `module`, from the cache or compiled
     /// now (and stored). The bytes are what `load_artifact` takes.
-    pub fn artifact(&self, engine: &Engine, module: &[u8]) -> Result<(Vec<u8>, CacheOutcome), CacheError> {
-        let (path, outcome) = self.ensure(engine, module)?;
+    pub fn artifact(&self, engine: &Engine, module: &[u8], kind: ArtifactKind) -> Result<(Vec<u8>, CacheOutcome), CacheError> {
+        let (path, outcome) = self.ensure(engine, module, kind)?;
         let artifact = read_verified(&path).ok_or_else(|| CacheError::Io {
             path: path.clone(),
             source: std::io::Error::other("entry vanished or changed right after it was written"),
@@ -107,6 +120,20 @@ impl CompileCache {
     /// was built for another engine (the caller then compiles).
     pub fn load(engine: &Engine, path: &Path) -> Option<Module> {
         load_artifact(engine, &read_verified(path)?)
+    }
+}
+
+/// A component from verified artifact bytes, or None when wasmtime
+/// refuses them.
+pub fn load_component_artifact(engine: &Engine, artifact: &[u8]) -> Option<Component> {
+    // SAFETY: as for load_artifact: the bytes are a verified entry written
+    // by precompile_component of this engine configuration.
+    match unsafe { Component::deserialize(engine, artifact) } {
+        Ok(component) => Some(component),
+        Err(e) => {
+            tracing::warn!("compile cache entry not usable, compiling instead: {e:#}");
+            None
+        }
     }
 }
 
@@ -198,9 +225,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = CompileCache::new(dir.path().join("c"), DEFAULT_MAX_BYTES);
         let engine = engine();
-        let (path, first) = cache.ensure(&engine, WAT.as_bytes()).expect("ensure");
+        let (path, first) = cache.ensure(&engine, WAT.as_bytes(), ArtifactKind::Module).expect("ensure");
         assert_eq!(first, CacheOutcome::Compiled);
-        let (again, second) = cache.ensure(&engine, WAT.as_bytes()).expect("ensure");
+        let (again, second) = cache.ensure(&engine, WAT.as_bytes(), ArtifactKind::Module).expect("ensure");
         assert_eq!((again.as_path(), second), (path.as_path(), CacheOutcome::Hit));
         assert!(CompileCache::load(&engine, &path).is_some());
         let mode = fs::metadata(cache.dir()).expect("dir").permissions().mode() & 0o777;
@@ -212,13 +239,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = CompileCache::new(dir.path(), DEFAULT_MAX_BYTES);
         let engine = engine();
-        let (path, _) = cache.ensure(&engine, WAT.as_bytes()).expect("ensure");
+        let (path, _) = cache.ensure(&engine, WAT.as_bytes(), ArtifactKind::Module).expect("ensure");
         let mut bytes = fs::read(&path).expect("read");
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         fs::write(&path, &bytes).expect("corrupt");
         assert!(CompileCache::load(&engine, &path).is_none(), "a corrupt entry is never loaded");
-        let (_, outcome) = cache.ensure(&engine, WAT.as_bytes()).expect("ensure");
+        let (_, outcome) = cache.ensure(&engine, WAT.as_bytes(), ArtifactKind::Module).expect("ensure");
         assert_eq!(outcome, CacheOutcome::Compiled);
         assert!(CompileCache::load(&engine, &path).is_some());
     }
@@ -228,8 +255,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = CompileCache::new(dir.path(), 1);
         let engine = engine();
-        let (first, _) = cache.ensure(&engine, WAT.as_bytes()).expect("ensure");
-        let (second, _) = cache.ensure(&engine, br#"(module (func (export "_start") nop))"#).expect("ensure");
+        let (first, _) = cache.ensure(&engine, WAT.as_bytes(), ArtifactKind::Module).expect("ensure");
+        let (second, _) = cache.ensure(&engine, br#"(module (func (export "_start") nop))"#, ArtifactKind::Module).expect("ensure");
         assert!(!first.exists(), "the older entry is evicted");
         assert!(second.exists(), "the newest entry stays");
     }

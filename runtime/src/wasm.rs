@@ -7,11 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Config, Engine, Linker, Module, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+use wasmtime_wasi::p2::bindings::sync::Command;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::compile_cache::{load_artifact, CacheOutcome, CompileCache};
+use crate::compile_cache::{load_artifact, load_component_artifact, ArtifactKind, CacheOutcome, CompileCache};
 use crate::limits::SandboxLimits;
 
 /// The exit status of a module that trapped: the same a native process
@@ -34,6 +36,8 @@ pub enum WasmError {
     Link { path: PathBuf, message: String },
     #[error("wasm module {path:?} has no export {export:?}")]
     NoExport { path: PathBuf, export: String },
+    #[error("wasm component {path:?}: {message}")]
+    Component { path: PathBuf, message: String },
     #[error("wasm module {path:?}: {source}")]
     Cache {
         path: PathBuf,
@@ -44,7 +48,8 @@ pub enum WasmError {
 /// The one engine configuration. The shim precompiles and the container
 /// loads with it, so both must agree: the cache key covers it.
 pub fn new_engine() -> Result<Engine, WasmError> {
-    let config = Config::new();
+    let mut config = Config::new();
+    config.wasm_component_model(true);
     Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))
 }
 
@@ -58,11 +63,22 @@ fn shared_engine() -> Result<&'static Engine, WasmError> {
     Ok(ENGINE.get_or_init(|| engine))
 }
 
-/// Compile `module` (binary or text) ahead of the container, through the
-/// compile cache: the container then only loads machine code.
+/// What a wasm file holds, from its header: a core module or a component.
+pub fn artifact_kind(bytes: &[u8]) -> ArtifactKind {
+    if crate::workload::is_component(bytes) {
+        ArtifactKind::Component
+    } else {
+        ArtifactKind::Module
+    }
+}
+
+/// Compile `module` (binary or text, core module or component) ahead of the
+/// container, through the compile cache: the container then only loads
+/// machine code.
 pub fn precompile(module_path: &Path, module: &[u8], cache: &CompileCache) -> Result<(Arc<Vec<u8>>, CacheOutcome), WasmError> {
     let engine = shared_engine()?;
-    let (artifact, outcome) = cache.artifact(engine, module).map_err(|source| WasmError::Cache {
+    let kind = artifact_kind(module);
+    let (artifact, outcome) = cache.artifact(engine, module, kind).map_err(|source| WasmError::Cache {
         path: module_path.to_path_buf(),
         source,
     })?;
@@ -94,11 +110,6 @@ pub struct WasmExit {
 /// expects of an OOM-killed process (128 + SIGKILL).
 pub const OOM_EXIT_CODE: i32 = 137;
 
-/// The store's data: WASI and the limits.
-struct Host {
-    wasi: WasiP1Ctx,
-    limits: SandboxLimits,
-}
 
 impl WasiSetup {
     /// Splits `KEY=VALUE` strings as the OCI spec carries them.
@@ -112,6 +123,32 @@ impl WasiSetup {
     }
 }
 
+/// A loaded program: a core module (WASI preview 1) or a component
+/// (WASI preview 2, `wasi:cli/command`).
+pub enum Program {
+    Module(Module),
+    Component(Component),
+}
+
+/// The store's data for a core module: WASI preview 1 and the limits.
+struct P1Host {
+    wasi: WasiP1Ctx,
+    limits: SandboxLimits,
+}
+
+/// The store's data for a component: WASI preview 2 and the limits.
+struct P2Host {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    limits: SandboxLimits,
+}
+
+impl WasiView for P2Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+    }
+}
+
 /// A wasmtime engine configured for running WASI commands.
 pub struct WasmSandbox {
     engine: Engine,
@@ -122,53 +159,49 @@ impl WasmSandbox {
         Ok(Self { engine: new_engine()? })
     }
 
-    /// The module at `path`: from `precompiled` artifact bytes when they
+    /// The program at `path`: from `precompiled` artifact bytes when they
     /// load, else compiled from the file (binary or text).
-    pub fn load(&self, path: &Path, precompiled: Option<&[u8]>) -> Result<Module, WasmError> {
-        if let Some(module) = precompiled.and_then(|a| load_artifact(&self.engine, a)) {
-            return Ok(module);
+    pub fn load(&self, path: &Path, precompiled: Option<&[u8]>) -> Result<Program, WasmError> {
+        let load_err = |e: wasmtime::Error| WasmError::Load { path: path.to_path_buf(), message: format!("{e:#}") };
+        let bytes = std::fs::read(path).map_err(|e| load_err(e.into()))?;
+        match artifact_kind(&bytes) {
+            ArtifactKind::Component => {
+                if let Some(component) = precompiled.and_then(|a| load_component_artifact(&self.engine, a)) {
+                    return Ok(Program::Component(component));
+                }
+                Component::new(&self.engine, &bytes).map(Program::Component).map_err(load_err)
+            }
+            ArtifactKind::Module => {
+                if let Some(module) = precompiled.and_then(|a| load_artifact(&self.engine, a)) {
+                    return Ok(Program::Module(module));
+                }
+                Module::new(&self.engine, &bytes).map(Program::Module).map_err(load_err)
+            }
         }
-        Module::from_file(&self.engine, path).map_err(|e| WasmError::Load {
-            path: path.to_path_buf(),
-            message: format!("{e:#}"),
-        })
     }
 
-    /// Runs `module` as a WASI command. Its exit status is the value of
-    /// `proc_exit`, 0 when `_start` returns, or [`TRAP_EXIT_CODE`] on a trap,
-    /// whose message goes to stderr; a guest that fails after being denied
-    /// memory past its limit ends with [`OOM_EXIT_CODE`].
-    pub fn run(&self, path: &Path, module: &Module, export: Option<&str>, setup: &WasiSetup) -> Result<WasmExit, WasmError> {
-        let mut builder = WasiCtxBuilder::new();
-        builder.args(&setup.args).envs(&setup.env).inherit_stdio();
-        for (host, guest) in &setup.preopens {
-            builder
-                .preopened_dir(host, guest, FsPerms::ReadWrite)
-                .map_err(|e| WasmError::Preopen {
-                    host: host.clone(),
-                    guest: guest.clone(),
-                    message: format!("{e:#}"),
-                })?;
-        }
-        let host = Host { wasi: builder.build_p1(), limits: SandboxLimits::new(setup.memory_limit) };
-        let mut store = Store::new(&self.engine, host);
-        store.limiter(|host| &mut host.limits);
-        let mut linker: Linker<Host> = Linker::new(&self.engine);
-        let link_err = |e: wasmtime::Error| WasmError::Link {
-            path: path.to_path_buf(),
-            message: format!("{e:#}"),
+    /// Runs `program` as a WASI command. Its exit status is the value of
+    /// `proc_exit`/`exit`, 0 when it returns (1 when a component's `run`
+    /// returns an error), or [`TRAP_EXIT_CODE`] on a trap, whose message
+    /// goes to stderr; a guest that fails after being denied memory past
+    /// its limit ends with [`OOM_EXIT_CODE`].
+    pub fn run(&self, path: &Path, program: &Program, export: Option<&str>, setup: &WasiSetup) -> Result<WasmExit, WasmError> {
+        let builder = wasi_builder(setup)?;
+        let limits = SandboxLimits::new(setup.memory_limit);
+        let (outcome, denied) = match program {
+            Program::Module(module) => self.run_module(path, module, export, builder, limits)?,
+            Program::Component(component) => {
+                if let Some(export) = export {
+                    return Err(WasmError::Component {
+                        path: path.to_path_buf(),
+                        message: format!("calling export {export:?} is for core modules; a component runs wasi:cli/run"),
+                    });
+                }
+                self.run_component(path, component, builder, limits)?
+            }
         };
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |host| &mut host.wasi).map_err(link_err)?;
-        let instance = linker.instantiate(&mut store, module).map_err(link_err)?;
-        let name = export.unwrap_or("_start");
-        let func = instance
-            .get_typed_func::<(), ()>(&mut store, name)
-            .map_err(|_| WasmError::NoExport {
-                path: path.to_path_buf(),
-                export: name.to_string(),
-            })?;
-        let code = match func.call(&mut store, ()) {
-            Ok(()) => 0,
+        let code = match outcome {
+            Ok(code) => code,
             Err(e) => match e.downcast_ref::<I32Exit>() {
                 Some(exit) => exit.0,
                 None => {
@@ -177,7 +210,7 @@ impl WasmSandbox {
                 }
             },
         };
-        if code != 0 && store.data().limits.denied() {
+        if code != 0 && denied {
             eprintln!(
                 "wasm module {} ran out of memory: its limit is {} bytes",
                 path.display(),
@@ -187,4 +220,61 @@ impl WasmSandbox {
         }
         Ok(WasmExit { code, out_of_memory: false })
     }
+
+    /// Instantiate and call a core module; the call's result, and whether
+    /// the limits denied growth.
+    fn run_module(
+        &self,
+        path: &Path,
+        module: &Module,
+        export: Option<&str>,
+        mut builder: WasiCtxBuilder,
+        limits: SandboxLimits,
+    ) -> Result<(wasmtime::Result<i32>, bool), WasmError> {
+        let mut store = Store::new(&self.engine, P1Host { wasi: builder.build_p1(), limits });
+        store.limiter(|host| &mut host.limits);
+        let mut linker: Linker<P1Host> = Linker::new(&self.engine);
+        let link_err = |e: wasmtime::Error| WasmError::Link { path: path.to_path_buf(), message: format!("{e:#}") };
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |host| &mut host.wasi).map_err(link_err)?;
+        let instance = linker.instantiate(&mut store, module).map_err(link_err)?;
+        let name = export.unwrap_or("_start");
+        let func = instance
+            .get_typed_func::<(), ()>(&mut store, name)
+            .map_err(|_| WasmError::NoExport { path: path.to_path_buf(), export: name.to_string() })?;
+        let result = func.call(&mut store, ()).map(|()| 0);
+        Ok((result, store.data().limits.denied()))
+    }
+
+    /// Instantiate a `wasi:cli/command` component and call its `run`.
+    fn run_component(
+        &self,
+        path: &Path,
+        component: &Component,
+        mut builder: WasiCtxBuilder,
+        limits: SandboxLimits,
+    ) -> Result<(wasmtime::Result<i32>, bool), WasmError> {
+        let host = P2Host { ctx: builder.build(), table: ResourceTable::new(), limits };
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|host| &mut host.limits);
+        let mut linker = wasmtime::component::Linker::<P2Host>::new(&self.engine);
+        let link_err = |e: wasmtime::Error| WasmError::Link { path: path.to_path_buf(), message: format!("{e:#}") };
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_err)?;
+        let command = Command::instantiate(&mut store, component, &linker).map_err(link_err)?;
+        let result = command.wasi_cli_run().call_run(&mut store).map(|ran| if ran.is_ok() { 0 } else { 1 });
+        Ok((result, store.data().limits.denied()))
+    }
+}
+
+/// The guest's view: argv, environment, the container's stdio, preopens.
+fn wasi_builder(setup: &WasiSetup) -> Result<WasiCtxBuilder, WasmError> {
+    let mut builder = WasiCtxBuilder::new();
+    builder.args(&setup.args).envs(&setup.env).inherit_stdio();
+    for (host, guest) in &setup.preopens {
+        builder.preopened_dir(host, guest, FsPerms::ReadWrite).map_err(|e| WasmError::Preopen {
+            host: host.clone(),
+            guest: guest.clone(),
+            message: format!("{e:#}"),
+        })?;
+    }
+    Ok(builder)
 }

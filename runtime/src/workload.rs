@@ -52,8 +52,11 @@ pub enum WorkloadError {
 pub enum WorkloadKind {
     /// An ELF binary or a `#!` script: executed by the kernel.
     Native,
-    /// A wasm module or component in its binary form.
+    /// A wasm core module in its binary form (WASI preview 1).
     WasmBinary,
+    /// A wasm component (binary, or `(component` text): WASI preview 2,
+    /// `wasi:cli/command`.
+    WasmComponent,
     /// A wasm module in the text form (`.wat`); wasmtime compiles it directly.
     WasmText,
 }
@@ -197,6 +200,9 @@ fn read_head(root: &pathrs::Root, path: &Path) -> std::io::Result<Vec<u8>> {
 
 /// The classification itself, on the first bytes of the file.
 pub fn classify(path: &Path, head: &[u8]) -> Option<WorkloadKind> {
+    if is_component(head) {
+        return Some(WorkloadKind::WasmComponent);
+    }
     if head.starts_with(WASM_MAGIC) {
         return Some(WorkloadKind::WasmBinary);
     }
@@ -205,11 +211,22 @@ pub fn classify(path: &Path, head: &[u8]) -> Option<WorkloadKind> {
     }
     let text = String::from_utf8_lossy(head);
     let code = skip_wat_trivia(&text);
-    let looks_like_wat = code.starts_with("(module") || code.starts_with("(component");
+    let looks_like_wat = code.starts_with("(module");
     if looks_like_wat || (path.extension().is_some_and(|e| e == "wat") && code.starts_with('(')) {
         return Some(WorkloadKind::WasmText);
     }
     None
+}
+
+/// Whether `head` (a file's first bytes) is a component: in binary, the 4
+/// bytes after the magic are version and layer, layer 1 for a component
+/// (0 for a core module); in text, it opens with `(component`.
+pub fn is_component(head: &[u8]) -> bool {
+    if head.starts_with(WASM_MAGIC) {
+        return matches!(head.get(6..8), Some([1, 0]));
+    }
+    let text = String::from_utf8_lossy(&head[..head.len().min(HEAD_LEN as usize)]);
+    skip_wat_trivia(&text).starts_with("(component")
 }
 
 /// The text after leading whitespace and WAT comments (`;; line` and
@@ -286,6 +303,13 @@ mod tests {
     fn wat_after_comments_is_wasm() {
         let root = rootfs_with(&[("/m.wat", b";; a comment\n(; block ;)\n  (module (func))")]);
         assert_eq!(decide_args(root.path(), &["/m.wat"], &[]).expect("wat").kind, WorkloadKind::WasmText);
+    }
+
+    #[test]
+    fn components_are_told_from_modules_by_their_header() {
+        let root = rootfs_with(&[("/c.wasm", b"\0asm\x0d\0\x01\0"), ("/c.wat", b"(component)")]);
+        assert_eq!(decide_args(root.path(), &["/c.wasm"], &[]).expect("component").kind, WorkloadKind::WasmComponent);
+        assert_eq!(decide_args(root.path(), &["/c.wat"], &[]).expect("component").kind, WorkloadKind::WasmComponent);
     }
 
     #[test]

@@ -102,18 +102,22 @@ pub fn env() -> &'static Env {
 /// Build an image from files written into a fresh context dir and load it
 /// into the private containerd as `docker.io/hybrid-tests/NAME:latest`.
 pub fn build_image(name: &str, files: &[(&str, &str)]) -> String {
-    let env = env();
     let context = tempfile::tempdir().expect("tempdir");
     for (path, content) in files {
         let full = context.path().join(path);
         std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
         std::fs::write(&full, content).expect("write context file");
     }
+    build_image_dir(name, context.path())
+}
+
+/// Build the image whose context (with its Dockerfile) is `context` and
+/// load it as `docker.io/hybrid-tests/NAME:latest`.
+pub fn build_image_dir(name: &str, context: &Path) -> String {
+    let env = env();
     let tag = format!("hybrid-tests/{name}:latest");
     run_checked(
-        Command::new(hybrid_bin())
-            .args(["build", "-t", &tag, "--load", "--address", &env.address])
-            .arg(context.path()),
+        Command::new(hybrid_bin()).args(["build", "-t", &tag, "--load", "--address", &env.address]).arg(context),
         &format!("hybrid build {tag}"),
     );
     format!("docker.io/{tag}")

@@ -151,3 +151,34 @@ fn hybrid_wasm_warm_makes_the_first_container_start_a_cache_hit() {
     assert_eq!(ran.code, 0, "{ran:?}");
     assert_eq!(precompile_outcome(env, &id).as_deref(), Some("outcome=Hit"), "warmed ahead, never compiled at start");
 }
+
+#[test]
+fn a_preview2_component_runs_through_containerd() {
+    let env = env();
+    let context = tempfile::tempdir().expect("tempdir");
+    let hello = repo_root().join("wasm-examples/hello-rust");
+    // The preview 1 hello, wrapped with wasmtime's preview 1 adapter.
+    let out = std::process::Command::new(hybrid_bin())
+        .args(["wasm", "componentize"])
+        .arg(hello.join("hello.wasm"))
+        .arg("-o")
+        .arg(context.path().join("hello.wasm"))
+        .output()
+        .expect("hybrid wasm componentize");
+    assert!(out.status.success(), "{:?}", Ran::from(out));
+    let component = std::fs::read(context.path().join("hello.wasm")).expect("component");
+    assert_eq!(&component[4..8], &[0x0d, 0x00, 0x01, 0x00], "a component, not a core module");
+    std::fs::copy(hello.join("message.txt"), context.path().join("message.txt")).expect("message");
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM scratch\nCOPY hello.wasm /hello.wasm\nCOPY message.txt /data/message.txt\nENV GREETING=component\nENTRYPOINT [\"/hello.wasm\"]\n",
+    )
+    .expect("Dockerfile");
+    let image = build_image_dir("hello-p2", context.path());
+    let ran = env.run(HYBRID_RUNTIME, &image, &unique_id("p2"), &["/hello.wasm", "p2", "args"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("hello from wasm"), "{ran:?}");
+    assert!(ran.stdout.contains("args: p2 args"), "{ran:?}");
+    assert!(ran.stdout.contains("GREETING=component"), "{ran:?}");
+    assert!(ran.stdout.contains("this file was shipped inside the image"), "files through wasi:filesystem: {ran:?}");
+}
