@@ -12,6 +12,7 @@
 #   c-hello/hello.wasm      clang --target=wasm32-wasi (Debian wasi-libc)
 #   busybox/rootfs.tar      busybox/make-rootfs.sh (Debian busybox-static)
 #   bad-entrypoint/         nothing to build (notes.txt made executable)
+#   pause/pause             cc -static pause.c (the CRI pod sandbox image)
 #
 # Environment:
 #   HYBRID               path to the `hybrid` binary; with CONTAINERD_ADDRESS,
@@ -27,6 +28,7 @@
 #                        /usr/lib/wasm32-wasi by itself)
 #   WAT2WASM             wat2wasm (default: wat2wasm)
 #   BUSYBOX              static busybox (default: /bin/busybox)
+#   CC                   C compiler for the static pause binary (default: cc)
 #
 # Debian 12 packages (scripts/install-deps.sh installs them): rustc
 # libstd-rust-dev-wasm32 clang lld wasi-libc libclang-rt-14-dev-wasm32 wabt
@@ -35,7 +37,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 examples_dir=$repo/wasm-examples
-all_examples=(hello-rust exit-wat sleep-wat c-hello busybox bad-entrypoint)
+all_examples=(hello-rust exit-wat sleep-wat c-hello busybox bad-entrypoint pause)
 
 RUSTC=${RUSTC:-/usr/bin/rustc}
 CLANG=${CLANG:-clang}
@@ -67,8 +69,14 @@ build_hello_rust() {
     log "hello-rust: $("$RUSTC" --version) --target wasm32-wasi"
     # strip=debuginfo: Debian's wasm32 std carries DWARF (5.8 MB -> ~130 KB);
     # the name section stays for readable traps.
+    # rustc writes its object files beside the output: build in a dir of
+    # this run's own, so that concurrent runs cannot trip over each other.
+    local work
+    work=$(mktemp -d)
     "$RUSTC" --edition 2021 -O -C strip=debuginfo --target wasm32-wasi \
-        "$dir/src/main.rs" -o "$tmp"
+        "$dir/src/main.rs" -o "$work/hello.wasm" || { rm -rf "$work"; die "hello-rust: rustc failed"; }
+    mv "$work/hello.wasm" "$tmp"
+    rm -rf "$work"
     finish "$tmp" "$out"
 }
 
@@ -118,6 +126,17 @@ build_bad_entrypoint() {
     log "bad-entrypoint: nothing to build"
 }
 
+build_pause() {
+    local dir=$examples_dir/pause out tmp
+    out=$dir/pause
+    tmp=$out.tmp.$$
+    need "${CC:-cc}" "build-essential"
+    log "pause: ${CC:-cc} -static pause.c"
+    "${CC:-cc}" -static -Os -Wall -Wextra -s "$dir/pause.c" -o "$tmp" \
+        || die "cannot build a static pause binary (Debian: apt-get install build-essential, for libc6-dev's libc.a)"
+    finish "$tmp" "$out"
+}
+
 build_artifacts() { # build_artifacts NAME
     case $1 in
         hello-rust) build_hello_rust ;;
@@ -126,6 +145,7 @@ build_artifacts() { # build_artifacts NAME
         c-hello) build_c_hello ;;
         busybox) build_busybox ;;
         bad-entrypoint) build_bad_entrypoint ;;
+        pause) build_pause ;;
         *) die "unknown example '$1' (known: ${all_examples[*]})" ;;
     esac
 }

@@ -3,6 +3,7 @@
 //! example images built by `hybrid build` and loaded into it, and helpers to
 //! drive it with `ctr` the way an operator would.
 
+pub mod cri;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
