@@ -35,7 +35,7 @@ pub const HANDLER: &str = "hybrid";
 /// containerd's namespace for everything CRI does.
 pub const NAMESPACE: &str = "k8s.io";
 /// The example images the CRI tests use, loaded into [`NAMESPACE`].
-pub const CRI_IMAGES: &[&str] = &["pause", "busybox", "hello-rust", "sleep-wat", "exit-wat"];
+pub const CRI_IMAGES: &[&str] = &["pause", "busybox", "hello-rust", "sleep-wat", "exit-wat", "memory-bomb"];
 /// How long one CRI call may take in these tests.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 

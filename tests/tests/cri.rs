@@ -357,3 +357,17 @@ fn update_container_resources_changes_the_running_containers_memory_limit() {
     let got = std::fs::read_to_string(memory_cgroup.join(file)).expect("read the limit");
     assert_eq!(got.trim(), limit.to_string(), "{memory_cgroup:?}/{file}");
 }
+
+/// The container's memory limit applies inside the wasm sandbox: a memory
+/// bomb in a pod is stopped and reported as kubelet expects of an OOM kill.
+#[test]
+fn a_wasm_memory_bomb_in_a_pod_is_oomkilled() {
+    let pod = Pod::run("wasm-oom");
+    let mut config = container_config("bomb", &image("memory-bomb"), &[], &[]);
+    config.linux.get_or_insert_with(Default::default).resources =
+        Some(api::LinuxContainerResources { memory_limit_in_bytes: 64 << 20, ..Default::default() });
+    let id = pod.run_container(config);
+    let status = pod.wait(&id, api::ContainerState::ContainerExited);
+    assert_eq!(status.exit_code, 137, "{}", describe(&status));
+    assert_eq!(status.reason, "OOMKilled", "{}", describe(&status));
+}

@@ -93,17 +93,7 @@ fn a_spinning_module_is_stopped_by_a_kill() {
 #[test]
 fn a_memory_bomb_is_contained_with_an_oom_exit_and_event() {
     let env = env();
-    let image = wat_image("bomb", r#"(module
-  (memory (export "memory") 1)
-  (func (export "_start")
-    (local $page i32)
-    (loop $grow
-      ;; 1 MiB more, touched, until the sandbox says no.
-      (local.set $page (memory.grow (i32.const 16)))
-      (if (i32.eq (local.get $page) (i32.const -1)) (then unreachable))
-      (i32.store8 (i32.mul (local.get $page) (i32.const 65536)) (i32.const 1))
-      (br $grow))))
-"#);
+    let image = wat_image("bomb", include_str!("../../wasm-examples/memory-bomb/bomb.wat"));
     let id = unique_id("bomb");
     let (ran, events) =
         env.ctr_with_events(&["run", "--rm", "--runtime", HYBRID_RUNTIME, "--memory-limit", "67108864", &image, &id]);
