@@ -30,6 +30,26 @@ fn main() {
         }
         return;
     }
+    // `start` is ours, not containerd-shim's: its bootstrap registers
+    // SIGPIPE with signal-hook and drops that registration as the helper it
+    // spawned exits; the SIGCHLD handler's send on the closing socket then
+    // raises SIGPIPE, whose handler sends again, forever (a `start` stuck at
+    // 100% cpu, seen about once in a few hundred starts). `start` needs no
+    // signal handling at all.
+    if let Ok(flags) = containerd_shim::parse(&args[1..]) {
+        if flags.action == "start" {
+            match shim::start(&flags) {
+                Ok(address) => {
+                    print!("{address}");
+                    return;
+                }
+                Err(e) => {
+                    eprintln!("{RUNTIME_ID}: start: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
     let config = containerd_shim::Config {
         // We log through tracing to containerd's log fifo (see shim::init_logging).
         no_setup_logger: true,

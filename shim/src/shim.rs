@@ -91,6 +91,21 @@ impl containerd_shim::Shim for HybridShim {
 /// `start`: spawn the serving shim for this container's group, or find the
 /// one already serving it (the spawned process then exits at once, seeing
 /// the group's socket answer), and return its ttrpc address.
+/// The `start` action: containerd's flags and environment as StartOpts.
+pub fn start(flags: &Flags) -> containerd_shim::Result<String> {
+    let opts = StartOpts {
+        id: flags.id.clone(),
+        publish_binary: flags.publish_binary.clone(),
+        address: flags.address.clone(),
+        ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+        namespace: flags.namespace.clone(),
+        debug: flags.debug,
+    };
+    let bundle = std::env::current_dir()
+        .map_err(|e| containerd_shim::Error::Other(format!("cannot read the bundle dir: {e}")))?;
+    spawn_for_group(opts, &bundle)
+}
+
 fn spawn_for_group(opts: StartOpts, bundle: &Path) -> containerd_shim::Result<String> {
     let grouping = group_of(bundle).unwrap_or_else(|| opts.id.clone());
     let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
