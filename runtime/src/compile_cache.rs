@@ -126,34 +126,26 @@ impl CompileCache {
 /// A component from verified artifact bytes, or None when wasmtime
 /// refuses them.
 pub fn load_component_artifact(engine: &Engine, artifact: &[u8]) -> Option<Component> {
-    // SAFETY: as for load_artifact: the bytes are a verified entry written
-    // by precompile_component of this engine configuration.
-    match unsafe { Component::deserialize(engine, artifact) } {
-        Ok(component) => Some(component),
-        Err(e) => {
-            tracing::warn!("compile cache entry not usable, compiling instead: {e:#}");
-            None
-        }
-    }
+    // SAFETY: as for load_artifact, with precompile_component.
+    usable(unsafe { Component::deserialize(engine, artifact) })
 }
 
 /// A module from verified artifact bytes, or None when wasmtime refuses
 /// them (another engine's artifact).
 pub fn load_artifact(engine: &Engine, artifact: &[u8]) -> Option<Module> {
-    {
-        // SAFETY: wasmtime requires the bytes to come from precompile_module
-        // of a compatible engine. The entry is root-only, written atomically
-        // by us, and its checksum was just verified, so it is exactly what
-        // precompile_module produced; wasmtime itself rejects another
-        // engine's artifact by its header.
-        match unsafe { Module::deserialize(engine, artifact) } {
-            Ok(module) => Some(module),
-            Err(e) => {
-                tracing::warn!("compile cache entry not usable, compiling instead: {e:#}");
-                None
-            }
-        }
-    }
+    // SAFETY: wasmtime requires the bytes to come from precompile_module
+    // of a compatible engine. The entry is root-only, written atomically
+    // by us, and its checksum was just verified, so it is exactly what
+    // precompile_module produced; wasmtime itself rejects another
+    // engine's artifact by its header.
+    usable(unsafe { Module::deserialize(engine, artifact) })
+}
+
+/// A deserialized entry, or None (logged) so that the caller compiles.
+fn usable<T>(deserialized: wasmtime::Result<T>) -> Option<T> {
+    deserialized
+        .map_err(|e| tracing::warn!("compile cache entry not usable, compiling instead: {e:#}"))
+        .ok()
 }
 
 impl CompileCache {
