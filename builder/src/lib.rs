@@ -284,19 +284,18 @@ pub async fn build(options: &BuildOptions) -> Result<ImageInfo, BuildError> {
     let digest = written.manifest.digest().to_string();
     tracing::info!("built {name}: manifest {digest}, {} layers", written.layers.len());
 
-    if let Some(output) = &options.output {
+    // Both file outputs hold the same blobs: the config, then every layer.
+    let mut blob_list = vec![written.config.digest().to_string()];
+    blob_list.extend(written.layers.iter().map(|l| l.digest().to_string()));
+    let image = ArchiveImage { target: &written.manifest, blobs: &blob_list };
+    if options.output.is_some() || options.output_layout.is_some() {
         session.fetch_remote_blobs().await?;
-        let mut blob_list = vec![written.config.digest().to_string()];
-        blob_list.extend(written.layers.iter().map(|l| l.digest().to_string()));
-        let image = ArchiveImage { target: &written.manifest, blobs: &blob_list };
+    }
+    if let Some(output) = &options.output {
         archive::write(output, &session.blobs, &image, &name, reference.tag.as_deref(), options.source_date_epoch)?;
         tracing::info!("wrote OCI archive {}", output.display());
     }
     if let Some(layout) = &options.output_layout {
-        session.fetch_remote_blobs().await?;
-        let mut blob_list = vec![written.config.digest().to_string()];
-        blob_list.extend(written.layers.iter().map(|l| l.digest().to_string()));
-        let image = ArchiveImage { target: &written.manifest, blobs: &blob_list };
         archive::write_layout(layout, &session.blobs, &image, &name, reference.tag.as_deref(), options.source_date_epoch)?;
         tracing::info!("wrote OCI layout {}", layout.display());
     }
