@@ -18,6 +18,7 @@ use crate::executor::HybridExecutor;
 use crate::wasm;
 use crate::workload::read_entrypoint;
 use crate::stdio::{StdioError, StdioPaths};
+use crate::tty::{Console, ConsoleSocket};
 use crate::workload::Workload;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,8 @@ pub enum ContainerError {
     Exec { id: String, exec_id: String, message: String },
     #[error("container {id}: invalid signal {signal}")]
     Signal { id: String, signal: u32 },
+    #[error("container {id}: terminal: {source}")]
+    Tty { id: String, source: crate::tty::TtyError },
     #[error("container {id}: cgroup: {message}")]
     Cgroup { id: String, message: String },
 }
@@ -75,6 +78,8 @@ pub struct HybridContainer {
     annotations: HashMap<String, String>,
     /// The read end of the wasm guest's out-of-memory pipe.
     oom_events: Option<OwnedFd>,
+    /// The init process's terminal, when its spec asks for one.
+    console: Option<Console>,
 }
 
 impl HybridContainer {
@@ -82,10 +87,9 @@ impl HybridContainer {
     /// that waits for `start`. `workload` says what the init process will run.
     pub fn create(config: &ContainerConfig, workload: Workload) -> Result<Self, ContainerError> {
         let id = config.id.clone();
-        let annotations = Spec::load(config.bundle.join("config.json"))
-            .ok()
-            .and_then(|spec| spec.annotations().clone())
-            .unwrap_or_default();
+        let spec = Spec::load(config.bundle.join("config.json")).ok();
+        let annotations = spec.as_ref().and_then(|spec| spec.annotations().clone()).unwrap_or_default();
+        let terminal = spec.as_ref().and_then(|s| s.process().as_ref()).and_then(|p| p.terminal()).unwrap_or(false);
         let lc = |action| {
             let id = id.clone();
             move |source| ContainerError::Libcontainer { id, action, source }
@@ -103,7 +107,6 @@ impl HybridContainer {
         } else {
             None
         };
-        let stdio = config.stdio.open()?;
         // A wasm guest that runs out of memory says so on this pipe; the
         // write end reaches the container through the clone and is closed
         // here once it is created, so the read end sees EOF at its exit.
@@ -113,21 +116,39 @@ impl HybridContainer {
         if workload.kind.is_wasm() {
             executor = executor.with_oom_notify(oom_write.as_raw_fd());
         }
-        let inner = ContainerBuilder::new(id.clone(), SyscallType::Linux)
+        let tty_err = |source| ContainerError::Tty { id: id.clone(), source };
+        let console_socket = match terminal {
+            true => Some(ConsoleSocket::new().map_err(tty_err)?),
+            false => None,
+        };
+        let mut builder = ContainerBuilder::new(id.clone(), SyscallType::Linux)
             .with_executor(executor)
             .with_root_path(&config.state_root)
             .map_err(lc("state root"))?
-            .with_stdin(stdio.stdin)
-            .with_stdout(stdio.stdout)
-            .with_stderr(stdio.stderr)
+            .with_console_socket(console_socket.as_ref().map(|s| s.path()));
+        if !terminal {
+            let stdio = config.stdio.open()?;
+            builder = builder.with_stdin(stdio.stdin).with_stdout(stdio.stdout).with_stderr(stdio.stderr);
+        }
+        let mut inner = builder
             .as_init(&config.bundle)
             .with_systemd(false)
             .with_detach(true)
             .build()
             .map_err(lc("create"))?;
         drop(oom_write);
+        let console = match console_socket {
+            Some(socket) => match socket.receive_master().and_then(|m| Console::start(m, &config.stdio, &id)) {
+                Ok(console) => Some(console),
+                Err(e) => {
+                    let _ = inner.delete(true);
+                    return Err(tty_err(e));
+                }
+            },
+            None => None,
+        };
         let oom_events = workload.kind.is_wasm().then_some(oom_read);
-        Ok(Self { id, inner, state_root: config.state_root.clone(), rootfs: config.rootfs.clone(), annotations, oom_events })
+        Ok(Self { id, inner, state_root: config.state_root.clone(), rootfs: config.rootfs.clone(), annotations, oom_events, console })
     }
 
     /// Load a container's state left by a shim that is gone, for cleanup.
@@ -144,6 +165,7 @@ impl HybridContainer {
             rootfs: PathBuf::new(),
             annotations: HashMap::new(),
             oom_events: None,
+            console: None,
         })
     }
 
@@ -151,6 +173,11 @@ impl HybridContainer {
     /// a byte means an OOM, EOF means the process is gone.
     pub fn take_oom_events(&mut self) -> Option<std::fs::File> {
         self.oom_events.take().map(std::fs::File::from)
+    }
+
+    /// Take the init process's terminal (terminal: true in its spec).
+    pub fn take_console(&mut self) -> Option<Console> {
+        self.console.take()
     }
 
     pub(crate) fn state_root(&self) -> &Path {

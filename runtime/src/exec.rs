@@ -13,6 +13,7 @@ use crate::compile_cache::CompileCache;
 use crate::container::{ContainerError, HybridContainer};
 use crate::executor::HybridExecutor;
 use crate::stdio::StdioPaths;
+use crate::tty::{Console, ConsoleSocket};
 use crate::wasm;
 use crate::workload::{decide_process, read_entrypoint, Workload};
 
@@ -23,6 +24,13 @@ pub struct PreparedExec {
     process_file: PathBuf,
     precompiled: Option<Arc<Vec<u8>>>,
     stdio: StdioPaths,
+    terminal: bool,
+}
+
+/// A started exec: its pid (in the shim's pid namespace) and its terminal.
+pub struct StartedExec {
+    pub pid: i32,
+    pub console: Option<Console>,
 }
 
 impl HybridContainer {
@@ -39,9 +47,7 @@ impl HybridContainer {
         }
         let process: Process =
             serde_json::from_slice(process_json).map_err(|e| exec_err(format!("invalid process spec: {e}")))?;
-        if process.terminal().unwrap_or(false) {
-            return Err(exec_err("terminal: tty support is not implemented yet".into()));
-        }
+        let terminal = process.terminal().unwrap_or(false);
         let args = process.args().clone().unwrap_or_default();
         let env = process.env().clone().unwrap_or_default();
         let workload = decide_process(&args, &env, process.cwd(), self.annotations(), self.rootfs())?;
@@ -55,26 +61,40 @@ impl HybridContainer {
         // in the container's state dir, removed with the container.
         let process_file = self.state_dir().join(format!("exec-{exec_id}.json"));
         std::fs::write(&process_file, process_json).map_err(|e| exec_err(format!("cannot write {process_file:?}: {e}")))?;
-        Ok(PreparedExec { exec_id: exec_id.to_string(), workload, process_file, precompiled, stdio })
+        Ok(PreparedExec { exec_id: exec_id.to_string(), workload, process_file, precompiled, stdio, terminal })
     }
 
-    /// Start a prepared exec; returns its pid (in the shim's pid namespace).
-    pub fn start_exec(&self, exec: &PreparedExec) -> Result<i32, ContainerError> {
+    /// Start a prepared exec.
+    pub fn start_exec(&self, exec: &PreparedExec) -> Result<StartedExec, ContainerError> {
         let id = self.id().to_string();
         let lc = |source| ContainerError::Libcontainer { id: id.clone(), action: "exec", source };
-        let stdio = exec.stdio.open()?;
-        let pid = ContainerBuilder::new(id.clone(), SyscallType::Linux)
+        let tty_err = |source| ContainerError::Tty { id: id.clone(), source };
+        let console_socket = match exec.terminal {
+            true => Some(ConsoleSocket::new().map_err(tty_err)?),
+            false => None,
+        };
+        let mut builder = ContainerBuilder::new(id.clone(), SyscallType::Linux)
             .with_executor(HybridExecutor::new(exec.workload.clone(), exec.precompiled.clone()))
             .with_root_path(self.state_root())
             .map_err(lc)?
-            .with_stdin(stdio.stdin)
-            .with_stdout(stdio.stdout)
-            .with_stderr(stdio.stderr)
-            .as_tenant()
-            .with_process(Some(&exec.process_file))
-            .with_detach(true)
-            .build()
-            .map_err(lc)?;
-        Ok(pid.as_raw())
+            .with_console_socket(console_socket.as_ref().map(|s| s.path()));
+        if !exec.terminal {
+            let stdio = exec.stdio.open()?;
+            builder = builder.with_stdin(stdio.stdin).with_stdout(stdio.stdout).with_stderr(stdio.stderr);
+        }
+        let pid = builder.as_tenant().with_process(Some(&exec.process_file)).with_detach(true).build().map_err(lc)?;
+        let console = match console_socket {
+            // The process runs already; if its terminal cannot be had, it is
+            // killed rather than left without stdio.
+            Some(socket) => match socket.receive_master().and_then(|m| Console::start(m, &exec.stdio, &id)) {
+                Ok(console) => Some(console),
+                Err(e) => {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    return Err(tty_err(e));
+                }
+            },
+            None => None,
+        };
+        Ok(StartedExec { pid: pid.as_raw(), console })
     }
 }

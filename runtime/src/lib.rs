@@ -11,11 +11,13 @@ pub mod exec;
 pub mod limits;
 pub mod executor;
 pub mod stdio;
+pub mod tty;
 pub mod wasm;
 pub mod workload;
 
 pub use container::{CgroupStats, CgroupVersion, ContainerConfig, ContainerError, HybridContainer};
-pub use exec::PreparedExec;
+pub use exec::{PreparedExec, StartedExec};
 pub use stdio::StdioPaths;
+pub use tty::Console;
 pub use wasm::{WasiSetup, WasmSandbox};
 pub use workload::{decide, Workload, WorkloadError, WorkloadKind};

@@ -94,10 +94,22 @@ fn open_input(path: &str) -> Result<File, StdioError> {
     Ok(file)
 }
 
+/// stdin copied by the shim (a terminal's): the read end, and our own write
+/// end so that reads block rather than see EOF until the closer is dropped.
+pub(crate) fn open_input_with_closer(path: &str) -> Result<(File, File), StdioError> {
+    let reader = open_input(path)?;
+    let path = Path::new(path);
+    let closer = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|source| StdioError::Open { name: "stdin", path: path.to_path_buf(), source })?;
+    Ok((reader, closer))
+}
+
 /// stdout/stderr: a fifo's write end opens only once a reader is there
 /// (ENXIO before). containerd opens its end before Create; wait a bounded
 /// time rather than block forever if it did not.
-fn open_output(name: &'static str, path: &str) -> Result<File, StdioError> {
+pub(crate) fn open_output(name: &'static str, path: &str) -> Result<File, StdioError> {
     if path.is_empty() {
         return dev_null(name, true);
     }

@@ -110,9 +110,6 @@ impl Task for TaskService {
     fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
         let span = tracing::info_span!("create", id = %req.id);
         let _enter = span.enter();
-        if req.terminal {
-            return Err(status_error(Code::UNIMPLEMENTED, "terminal: tty support is not implemented yet"));
-        }
         if !req.checkpoint.is_empty() {
             return Err(status_error(Code::UNIMPLEMENTED, "checkpoint restore is not implemented"));
         }
@@ -135,7 +132,8 @@ impl Task for TaskService {
         }
         let pid = container.pid().unwrap_or_default() as u32;
         let stdio = StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() };
-        let init = Proc::new(pid, stdio.clone(), req.terminal);
+        let mut init = Proc::new(pid, stdio.clone(), req.terminal);
+        init.console = container.take_console();
         self.lock()
             .containers
             .insert(req.id.clone(), Entry { container, bundle, init, paused: false, execs: Default::default() });
@@ -183,8 +181,10 @@ impl Task for TaskService {
         if exec.proc.started {
             return Err(status_error(Code::FAILED_PRECONDITION, format!("exec {} is already started", req.exec_id)));
         }
-        let pid = entry.container.start_exec(&exec.prepared).map_err(internal)? as u32;
+        let started = entry.container.start_exec(&exec.prepared).map_err(internal)?;
+        let pid = started.pid as u32;
         exec.proc.pid = pid;
+        exec.proc.console = started.console;
         exec.proc.started = true;
         self.events.send(
             TASK_EXEC_STARTED_EVENT_TOPIC,
@@ -327,12 +327,26 @@ impl Task for TaskService {
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        // The process reads containerd's stdin fifo itself and the shim keeps
-        // no copy of it, so the process sees EOF as soon as containerd's
-        // writer closes: there is nothing left here to close.
+        // Without a terminal the process reads containerd's stdin fifo itself
+        // and sees EOF as soon as containerd's writer closes. With one, the
+        // shim copies stdin and holds the fifo open until asked here.
+        let mut st = self.lock();
+        let entry = st.containers.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let proc = entry.proc_mut(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;
+        if let Some(console) = proc.console.as_mut() {
+            console.close_stdin();
+        }
+        Ok(api::Empty::default())
+    }
+
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
         let st = self.lock();
         let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
-        entry.proc(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;
+        let proc = entry.proc(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;
+        let console = proc.console.as_ref().ok_or_else(|| {
+            status_error(Code::FAILED_PRECONDITION, format!("container {}: process {:?} has no terminal", req.id, req.exec_id))
+        })?;
+        console.resize(req.width, req.height).map_err(internal)?;
         Ok(api::Empty::default())
     }
 

@@ -10,9 +10,11 @@ use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics::{TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC};
-use hybrid_runtime::{HybridContainer, PreparedExec, StdioPaths};
+use hybrid_runtime::{Console, HybridContainer, PreparedExec, StdioPaths};
 
 use crate::events::EventSender;
+
+const CONSOLE_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The exit of a process, once it happened.
 #[derive(Clone)]
@@ -28,11 +30,13 @@ pub struct Proc {
     pub terminal: bool,
     pub started: bool,
     pub exited: Option<Exited>,
+    /// The process's terminal, when it has one.
+    pub console: Option<Console>,
 }
 
 impl Proc {
     pub fn new(pid: u32, stdio: StdioPaths, terminal: bool) -> Self {
-        Self { pid, stdio, terminal, started: false, exited: None }
+        Self { pid, stdio, terminal, started: false, exited: None, console: None }
     }
 
     pub fn running(&self) -> bool {
@@ -61,6 +65,14 @@ impl Entry {
             Some(&self.init)
         } else {
             self.execs.get(exec_id).map(|e| &e.proc)
+        }
+    }
+
+    pub fn proc_mut(&mut self, exec_id: &str) -> Option<&mut Proc> {
+        if exec_id.is_empty() {
+            Some(&mut self.init)
+        } else {
+            self.execs.get_mut(exec_id).map(|e| &mut e.proc)
         }
     }
 }
@@ -109,6 +121,12 @@ fn record_exit(st: &mut State, pid: i32, exit_code: i32, events: &EventSender) -
                 continue;
             }
             let exited = Exited { status: exit_code as u32, at: Timestamp::now() };
+            // A terminal's last output is still in it: copy it out before
+            // saying the process exited (bounded: a background child may
+            // hold the terminal open).
+            if let Some(console) = &proc.console {
+                console.wait_output(CONSOLE_DRAIN_TIMEOUT);
+            }
             tracing::info!(id = %id, process = %proc_id, pid, exit_code, "process exited");
             // The kernel's OOM killer leaves no trace in the exit status but a
             // SIGKILL: ask the memory cgroup, and say so before the exit.
