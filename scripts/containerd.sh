@@ -5,6 +5,9 @@
 #
 #   scripts/containerd.sh start STATE_DIR   start it (no-op if it already runs)
 #   scripts/containerd.sh stop  STATE_DIR   stop it, its tasks and its shims
+#   scripts/containerd.sh restart STATE_DIR restart the daemon only: tasks and
+#                                           shims keep running, as across a
+#                                           containerd upgrade
 #   scripts/containerd.sh env   STATE_DIR   print `export CONTAINERD_ADDRESS=...`
 #   scripts/containerd.sh status STATE_DIR  exit 0 if it answers
 #
@@ -36,7 +39,7 @@ set -euo pipefail
 prog=containerd.sh
 log() { echo "$prog: $*" >&2; }
 die() { echo "$prog: error: $*" >&2; exit 1; }
-usage() { die "usage: $0 start|stop|env|status STATE_DIR"; }
+usage() { die "usage: $0 start|stop|restart|env|status STATE_DIR"; }
 
 [ $# -eq 2 ] || usage
 cmd=$1
@@ -309,9 +312,23 @@ do_stop() {
     log "stopped"
 }
 
+# Stop the daemon alone (SIGTERM, as systemd would), then start it again;
+# containerd reconnects to the shims it finds in its state dir.
+do_restart() {
+    local pid
+    if pid=$(running_pid); then
+        log "stopping containerd (pid $pid) and leaving its shims running"
+        kill -TERM "$pid" 2>/dev/null || true
+        wait_gone 10 "$pid" || die "containerd (pid $pid) did not stop within 10s"
+        rm -f "$pidfile"
+    fi
+    do_start
+}
+
 case $cmd in
     start) do_start ;;
     stop) do_stop ;;
+    restart) do_restart ;;
     env) echo "export CONTAINERD_ADDRESS=$(printf '%q' "$sock")" ;;
     status)
         if pid=$(running_pid) && answers; then

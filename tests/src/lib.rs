@@ -61,6 +61,21 @@ fn run_checked(cmd: &mut Command, what: &str) {
     );
 }
 
+/// `scripts/containerd.sh CMD STATE` with the environment our containerd
+/// runs in.
+fn containerd_script(cmd: &str, state: &Path) -> Command {
+    let mut command = Command::new("bash");
+    command
+        .arg(repo_root().join("scripts/containerd.sh"))
+        .arg(cmd)
+        .arg(state)
+        .env("HYBRID_BIN_DIR", bin_dir())
+        // The shims inherit containerd's environment: a compile cache of
+        // this run's own, so cache tests see only their own entries.
+        .env("HYBRID_WASM_CACHE", state.join("wasm-cache"));
+    command
+}
+
 /// The shared environment: containerd started and example images loaded,
 /// once per test binary; containerd is stopped when the binary exits.
 pub fn env() -> &'static Env {
@@ -73,18 +88,7 @@ pub fn env() -> &'static Env {
             );
         }
         let state = std::env::temp_dir().join(format!("hybrid-it-{}", std::process::id()));
-        let script = repo_root().join("scripts/containerd.sh");
-        run_checked(
-            Command::new("bash")
-                .arg(&script)
-                .arg("start")
-                .arg(&state)
-                .env("HYBRID_BIN_DIR", bin_dir())
-                // The shims inherit containerd's environment: a compile cache of
-                // this run's own, so cache tests see only their own entries.
-                .env("HYBRID_WASM_CACHE", state.join("wasm-cache")),
-            "start private containerd",
-        );
+        run_checked(&mut containerd_script("start", &state), "start private containerd");
         // SAFETY: registering a plain extern "C" fn with atexit has no preconditions.
         unsafe { libc::atexit(stop_containerd) };
         let address = state.join("containerd.sock").display().to_string();
@@ -133,6 +137,11 @@ pub fn wat_image(name: &str, wat: &str) -> String {
 }
 
 impl Env {
+    /// Restart containerd alone: its tasks and shims keep running.
+    pub fn restart_containerd(&self) {
+        run_checked(&mut containerd_script("restart", &self.state), "restart private containerd");
+    }
+
     /// `ctr ARGS…` to completion, with containerd's event stream recorded
     /// around it (`ctr events` lines: time, namespace, topic, event).
     pub fn ctr_with_events(&self, args: &[&str]) -> (Ran, String) {
