@@ -122,6 +122,30 @@ fn name_process_after(module: &std::path::Path) {
     }
 }
 
+/// A native process loses its capabilities at execve unless it runs as
+/// root (or keeps them as ambient ones): runc sets the spec's sets, then the
+/// kernel transforms them as the binary starts. The wasm process never
+/// execs, so make the same change here, or a guest running as uid 1000
+/// would keep an effective set that its native twin would not have.
+fn drop_capabilities_as_exec_would() {
+    if nix::unistd::geteuid().is_root() {
+        // Root keeps what the spec gave it: execve could only add to it.
+        return;
+    }
+    let ambient = match caps::read(None, caps::CapSet::Ambient) {
+        Ok(ambient) => ambient,
+        Err(e) => {
+            tracing::warn!("cannot read the ambient capabilities: {e}");
+            caps::CapsHashSet::new()
+        }
+    };
+    for set in [caps::CapSet::Effective, caps::CapSet::Permitted] {
+        if let Err(e) = caps::set(None, set, &ambient) {
+            tracing::warn!("cannot drop the {set:?} capabilities: {e}");
+        }
+    }
+}
+
 fn run_wasm_in_container(
     spec: &Spec,
     workload: &Workload,
@@ -130,6 +154,7 @@ fn run_wasm_in_container(
 ) -> Result<WasmExit, crate::wasm::WasmError> {
     install_termination_handlers();
     close_cloexec_fds(oom_notify);
+    drop_capabilities_as_exec_would();
     name_process_after(&workload.entrypoint);
     let process = spec.process().as_ref();
     let args = process.and_then(|p| p.args().clone()).unwrap_or_default();
