@@ -18,6 +18,7 @@ use crate::executor::HybridExecutor;
 use crate::wasm;
 use crate::workload::read_entrypoint;
 use crate::stdio::{StdioError, StdioPaths};
+use crate::logdriver::LogOwner;
 use crate::tty::{Console, ConsoleSocket};
 use crate::workload::Workload;
 
@@ -67,6 +68,8 @@ pub struct ContainerConfig {
     /// libcontainer's state root; the container's state is `state_root/id`.
     pub state_root: PathBuf,
     pub stdio: StdioPaths,
+    /// containerd's namespace, for a `binary://` log driver's environment.
+    pub namespace: String,
 }
 
 /// A created container whose init process waits to be started.
@@ -80,6 +83,7 @@ pub struct HybridContainer {
     oom_events: Option<OwnedFd>,
     /// The init process's terminal, when its spec asks for one.
     console: Option<Console>,
+    namespace: String,
 }
 
 impl HybridContainer {
@@ -127,7 +131,8 @@ impl HybridContainer {
             .map_err(lc("state root"))?
             .with_console_socket(console_socket.as_ref().map(|s| s.path()));
         if !terminal {
-            let stdio = config.stdio.open()?;
+            let owner = LogOwner { id: id.clone(), namespace: config.namespace.clone() };
+            let stdio = config.stdio.open_for(&owner)?;
             builder = builder.with_stdin(stdio.stdin).with_stdout(stdio.stdout).with_stderr(stdio.stderr);
         }
         let mut inner = builder
@@ -148,7 +153,7 @@ impl HybridContainer {
             None => None,
         };
         let oom_events = workload.kind.is_wasm().then_some(oom_read);
-        Ok(Self { id, inner, state_root: config.state_root.clone(), rootfs: config.rootfs.clone(), annotations, oom_events, console })
+        Ok(Self { id, inner, state_root: config.state_root.clone(), rootfs: config.rootfs.clone(), annotations, oom_events, console, namespace: config.namespace.clone() })
     }
 
     /// Load a container's state left by a shim that is gone, for cleanup.
@@ -166,6 +171,7 @@ impl HybridContainer {
             annotations: HashMap::new(),
             oom_events: None,
             console: None,
+            namespace: String::new(),
         })
     }
 
@@ -178,6 +184,10 @@ impl HybridContainer {
     /// Take the init process's terminal (terminal: true in its spec).
     pub fn take_console(&mut self) -> Option<Console> {
         self.console.take()
+    }
+
+    pub(crate) fn log_owner(&self) -> LogOwner {
+        LogOwner { id: self.id.clone(), namespace: self.namespace.clone() }
     }
 
     pub(crate) fn state_root(&self) -> &Path {

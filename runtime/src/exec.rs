@@ -79,7 +79,7 @@ impl HybridContainer {
             .map_err(lc)?
             .with_console_socket(console_socket.as_ref().map(|s| s.path()));
         if !exec.terminal {
-            let stdio = exec.stdio.open()?;
+            let stdio = exec.stdio.open_for(&self.log_owner())?;
             builder = builder.with_stdin(stdio.stdin).with_stdout(stdio.stdout).with_stderr(stdio.stderr);
         }
         let pid = builder.as_tenant().with_process(Some(&exec.process_file)).with_detach(true).build().map_err(lc)?;

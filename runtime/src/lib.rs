@@ -9,6 +9,7 @@ pub mod compile_cache;
 pub mod container;
 pub mod exec;
 pub mod limits;
+pub mod logdriver;
 pub mod executor;
 pub mod stdio;
 pub mod tty;
@@ -17,6 +18,7 @@ pub mod workload;
 
 pub use container::{CgroupStats, CgroupVersion, ContainerConfig, ContainerError, HybridContainer};
 pub use exec::{PreparedExec, StartedExec};
+pub use logdriver::LogOwner;
 pub use stdio::StdioPaths;
 pub use tty::Console;
 pub use wasm::{WasiSetup, WasmSandbox};

@@ -9,6 +9,8 @@ use std::os::fd::AsRawFd;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
+use crate::logdriver::LogOwner;
+
 /// How long to wait for containerd's end of an output fifo to be open.
 const FIFO_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,6 +48,16 @@ pub struct Stdio {
 
 impl StdioPaths {
     pub fn open(&self) -> Result<Stdio, StdioError> {
+        self.open_for(&LogOwner::default())
+    }
+
+    /// Open the streams of `owner`'s process; a `binary://` stdout starts
+    /// that log driver, which takes stderr too (as containerd's runc shim).
+    pub fn open_for(&self, owner: &LogOwner) -> Result<Stdio, StdioError> {
+        if self.stdout.starts_with("binary://") {
+            let (stdout, stderr) = crate::logdriver::spawn(&self.stdout, owner)?;
+            return Ok(Stdio { stdin: open_input(&self.stdin)?, stdout, stderr });
+        }
         Ok(Stdio {
             stdin: open_input(&self.stdin)?,
             stdout: open_output("stdout", &self.stdout)?,
@@ -120,7 +132,7 @@ pub(crate) fn open_output(name: &'static str, path: &str) -> Result<File, StdioE
         return Err(StdioError::Open {
             name,
             path: PathBuf::from(path),
-            source: std::io::Error::new(std::io::ErrorKind::Unsupported, "only fifo paths and file:// URIs are supported"),
+            source: std::io::Error::new(std::io::ErrorKind::Unsupported, "only fifo paths, file:// and binary:// URIs are supported"),
         });
     }
     let path = Path::new(path);
@@ -197,9 +209,9 @@ mod tests {
 
     #[test]
     fn unknown_uri_schemes_are_refused_by_name() {
-        let paths = StdioPaths { stdout: "binary:///usr/bin/logger".into(), ..Default::default() };
+        let paths = StdioPaths { stdout: "syslog://localhost".into(), ..Default::default() };
         let err = paths.open().expect_err("must fail");
-        assert!(err.to_string().contains("binary:///usr/bin/logger"), "{err}");
+        assert!(err.to_string().contains("syslog://localhost"), "{err}");
     }
 
     #[test]

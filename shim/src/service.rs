@@ -77,6 +77,7 @@ fn create_container(req: &api::CreateTaskRequest, namespace: &str) -> Result<Hyb
         rootfs: root,
         state_root: state_root(namespace),
         stdio: StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() },
+        namespace: namespace.to_string(),
     };
     HybridContainer::create(&config, workload).map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))
 }
