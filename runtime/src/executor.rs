@@ -45,6 +45,10 @@ impl Executor for HybridExecutor {
         if !self.workload.kind.is_wasm() {
             return DefaultExecutor {}.exec(spec);
         }
+        // The shim's log writer is among the descriptors an exec would close
+        // (see close_cloexec_fds); this process's events would only print
+        // write errors onto the guest's stderr.
+        let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
         let exit = run_wasm_in_container(spec, &self.workload, self.precompiled.as_deref().map(Vec::as_slice), self.oom_notify)
             .map_err(|e| ExecutorError::Other(e.to_string()))?;
         if exit.out_of_memory {
