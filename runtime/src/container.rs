@@ -84,6 +84,8 @@ pub struct HybridContainer {
     /// The init process's terminal, when its spec asks for one.
     console: Option<Console>,
     namespace: String,
+    /// The memory limit its wasm processes are held to (see limits.rs).
+    memory_limit: Option<i64>,
 }
 
 impl HybridContainer {
@@ -93,6 +95,10 @@ impl HybridContainer {
         let id = config.id.clone();
         let spec = Spec::load(config.bundle.join("config.json")).ok();
         let annotations = spec.as_ref().and_then(|spec| spec.annotations().clone()).unwrap_or_default();
+        let memory_limit = spec.as_ref().and_then(|s| s.linux().as_ref()).and_then(|linux| {
+            let own = linux.resources().as_ref().and_then(|r| r.memory().as_ref()).and_then(|m| m.limit());
+            crate::limits::effective_memory_limit(own, linux.cgroups_path().as_deref())
+        });
         let terminal = spec.as_ref().and_then(|s| s.process().as_ref()).and_then(|p| p.terminal()).unwrap_or(false);
         let lc = |action| {
             let id = id.clone();
@@ -116,7 +122,7 @@ impl HybridContainer {
         // here once it is created, so the read end sees EOF at its exit.
         let (oom_read, oom_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| ContainerError::Cgroup { id: id.clone(), message: format!("cannot create the oom pipe: {e}") })?;
-        let mut executor = HybridExecutor::new(workload.clone(), precompiled);
+        let mut executor = HybridExecutor::new(workload.clone(), precompiled).with_memory_limit(memory_limit);
         if workload.kind.is_wasm() {
             executor = executor.with_oom_notify(oom_write.as_raw_fd());
         }
@@ -153,7 +159,7 @@ impl HybridContainer {
             None => None,
         };
         let oom_events = workload.kind.is_wasm().then_some(oom_read);
-        Ok(Self { id, inner, state_root: config.state_root.clone(), rootfs: config.rootfs.clone(), annotations, oom_events, console, namespace: config.namespace.clone() })
+        Ok(Self { id, inner, state_root: config.state_root.clone(), rootfs: config.rootfs.clone(), annotations, oom_events, console, namespace: config.namespace.clone(), memory_limit })
     }
 
     /// Load a container's state left by a shim that is gone, for cleanup.
@@ -172,6 +178,7 @@ impl HybridContainer {
             oom_events: None,
             console: None,
             namespace: String::new(),
+            memory_limit: None,
         })
     }
 
@@ -184,6 +191,10 @@ impl HybridContainer {
     /// Take the init process's terminal (terminal: true in its spec).
     pub fn take_console(&mut self) -> Option<Console> {
         self.console.take()
+    }
+
+    pub(crate) fn memory_limit(&self) -> Option<i64> {
+        self.memory_limit
     }
 
     pub(crate) fn log_owner(&self) -> LogOwner {

@@ -27,11 +27,19 @@ pub struct HybridExecutor {
     /// The write end of a pipe to the shim (inherited through the clone): a
     /// byte on it says the guest ran out of memory, for a TaskOOM event.
     oom_notify: Option<RawFd>,
+    /// The container's memory limit as worked out on the host, where the
+    /// cgroups above the container (a pod's) can be read; None: the spec's.
+    memory_limit: Option<i64>,
 }
 
 impl HybridExecutor {
     pub fn new(workload: Workload, precompiled: Option<Arc<Vec<u8>>>) -> Self {
-        Self { workload, precompiled, oom_notify: None }
+        Self { workload, precompiled, oom_notify: None, memory_limit: None }
+    }
+
+    pub fn with_memory_limit(mut self, limit: Option<i64>) -> Self {
+        self.memory_limit = limit;
+        self
     }
 
     pub fn with_oom_notify(mut self, fd: RawFd) -> Self {
@@ -49,7 +57,7 @@ impl Executor for HybridExecutor {
         // (see close_cloexec_fds); this process's events would only print
         // write errors onto the guest's stderr.
         let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
-        let exit = run_wasm_in_container(spec, &self.workload, self.precompiled.as_deref().map(Vec::as_slice), self.oom_notify)
+        let exit = run_wasm_in_container(spec, &self.workload, self.precompiled.as_deref().map(Vec::as_slice), self.oom_notify, self.memory_limit)
             .map_err(|e| ExecutorError::Other(e.to_string()))?;
         if exit.out_of_memory {
             if let Some(fd) = self.oom_notify {
@@ -155,6 +163,7 @@ fn run_wasm_in_container(
     workload: &Workload,
     precompiled: Option<&[u8]>,
     oom_notify: Option<RawFd>,
+    memory_limit: Option<i64>,
 ) -> Result<WasmExit, crate::wasm::WasmError> {
     install_termination_handlers();
     close_cloexec_fds(oom_notify);
@@ -179,7 +188,7 @@ fn run_wasm_in_container(
         args,
         env: WasiSetup::env_from_spec(&env),
         preopens,
-        memory_limit: guest_memory_limit(spec_memory_limit),
+        memory_limit: guest_memory_limit(memory_limit.or(spec_memory_limit)),
     };
     let sandbox = WasmSandbox::new()?;
     let module = sandbox.load(&workload.entrypoint, precompiled)?;

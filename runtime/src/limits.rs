@@ -3,6 +3,9 @@
 //! by the sandbox (and reported as an OOM) before the kernel has to kill the
 //! whole process.
 
+use std::path::{Path, PathBuf};
+
+use libcgroups::v1::ControllerType;
 use wasmtime::ResourceLimiter;
 
 /// Room left for wasmtime itself and WASI inside the cgroup's limit: the
@@ -17,6 +20,39 @@ pub fn guest_memory_limit(limit: Option<i64>) -> Option<usize> {
     let limit = u64::try_from(limit?).ok().filter(|l| *l > 0)?;
     let headroom = RUNTIME_HEADROOM.min(limit / 4);
     usize::try_from(limit - headroom).ok()
+}
+
+/// The container's memory limit as the kernel will hold it: the spec's own,
+/// or a lower one set on a cgroup above the container's (a Kubernetes pod's
+/// cgroup, where kubelet puts the pod's limit), whichever is lower.
+pub fn effective_memory_limit(spec_limit: Option<i64>, cgroups_path: Option<&Path>) -> Option<i64> {
+    let own = spec_limit.filter(|l| *l > 0);
+    let above = cgroups_path.and_then(ancestor_memory_limit);
+    match (own, above) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The lowest memory limit on the cgroups that contain `cgroups_path` (a
+/// path from the hierarchy's root, as cgroupfs takes it), if any is set.
+fn ancestor_memory_limit(cgroups_path: &Path) -> Option<i64> {
+    let (root, file) = match libcgroups::common::get_cgroup_setup().ok()? {
+        libcgroups::common::CgroupSetup::Unified => {
+            (PathBuf::from(libcgroups::common::DEFAULT_CGROUP_ROOT), "memory.max")
+        }
+        _ => (libcgroups::v1::util::get_subsystem_mount_point(&ControllerType::Memory).ok()?, "memory.limit_in_bytes"),
+    };
+    let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
+    relative
+        .ancestors()
+        .skip(1)
+        .filter(|a| !a.as_os_str().is_empty())
+        .filter_map(|a| libcgroups::stats::parse_single_value(&root.join(a).join(file)).ok())
+        // v1 says "no limit" with a huge page-rounded number, v2 with "max".
+        .filter(|&l| l < (1 << 62))
+        .filter_map(|l| i64::try_from(l).ok())
+        .min()
 }
 
 /// Denies growth past the limit and remembers that it did.
@@ -56,6 +92,16 @@ impl ResourceLimiter for SandboxLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lower_of_the_spec_and_the_cgroups_above_wins() {
+        assert_eq!(effective_memory_limit(Some(64 << 20), None), Some(64 << 20));
+        assert_eq!(effective_memory_limit(Some(0), None), None);
+        // A cgroup path that does not exist has no limit above it.
+        let nowhere = Path::new("/hybrid-no-such-parent/c1");
+        assert_eq!(effective_memory_limit(Some(64 << 20), Some(nowhere)), Some(64 << 20));
+        assert_eq!(effective_memory_limit(None, Some(nowhere)), None);
+    }
 
     #[test]
     fn no_limit_in_the_spec_means_no_limit() {

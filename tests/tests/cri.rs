@@ -371,3 +371,50 @@ fn a_wasm_memory_bomb_in_a_pod_is_oomkilled() {
     assert_eq!(status.exit_code, 137, "{}", describe(&status));
     assert_eq!(status.reason, "OOMKilled", "{}", describe(&status));
 }
+
+/// kubelet puts a pod's memory limit on the pod's cgroup (the sandbox's
+/// cgroup_parent), not on each container: a wasm container with no limit of
+/// its own is still held to it, and reported as OOMKilled.
+#[test]
+fn the_pods_memory_limit_holds_a_wasm_container_too() {
+    let pod = Pod::run_with("pod-limit", |config| {
+        let parent = config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default();
+        let memcg = std::path::Path::new("/sys/fs/cgroup/memory").join(parent.trim_start_matches('/'));
+        std::fs::create_dir_all(&memcg).expect("create the pod's memory cgroup, as kubelet does");
+        std::fs::write(memcg.join("memory.limit_in_bytes"), (96u64 << 20).to_string()).expect("pod memory limit");
+    });
+    let id = pod.run_container(container_config("bomb", &image("memory-bomb"), &[], &[]));
+    let status = pod.wait(&id, api::ContainerState::ContainerExited);
+    assert_eq!(status.exit_code, 137, "{}", describe(&status));
+    assert_eq!(status.reason, "OOMKilled", "{}", describe(&status));
+}
+
+/// ExecSync into a running wasm container: the exec'd module runs in the
+/// container's sandbox root, and its output and exit code come back.
+#[test]
+fn exec_sync_runs_a_module_in_the_wasm_container() {
+    let cri = cri();
+    let context = tempfile::tempdir().expect("tempdir");
+    for (example, module) in [("sleep-wat", "sleep.wasm"), ("exit-wat", "exit.wasm")] {
+        std::fs::copy(hybrid_tests::repo_root().join("wasm-examples").join(example).join(module), context.path().join(module))
+            .expect("copy module");
+    }
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM scratch\nCOPY sleep.wasm exit.wasm /\nENTRYPOINT [\"/sleep.wasm\"]\n",
+    )
+    .expect("Dockerfile");
+    let built = std::process::Command::new(hybrid_tests::hybrid_bin())
+        .args(["build", "-t", "hybrid-tests/wasm-pair:latest", "--load", "--address", &cri.env.address])
+        .args(["--namespace", cri::NAMESPACE])
+        .arg(context.path())
+        .output()
+        .expect("hybrid build");
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let pod = Pod::run("wasm-exec");
+    let id = pod.run_container(container_config("app", "docker.io/hybrid-tests/wasm-pair:latest", &[], &[]));
+    pod.wait(&id, api::ContainerState::ContainerRunning);
+    let out = pod.cri.exec_sync(&id, &["/exit.wasm"], 10).expect("ExecSync");
+    assert_eq!(out.exit_code, 3, "{out:?}");
+    assert!(!out.stdout.is_empty(), "the module's line comes back: {out:?}");
+}
