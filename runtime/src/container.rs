@@ -42,6 +42,8 @@ pub enum ContainerError {
     Exec { id: String, exec_id: String, message: String },
     #[error("container {id}: invalid signal {signal}")]
     Signal { id: String, signal: u32 },
+    #[error(transparent)]
+    CgroupMount(#[from] crate::cgroup_mount::CgroupMountError),
     #[error("container {id}: terminal: {source}")]
     Tty { id: String, source: crate::tty::TtyError },
     #[error("container {id}: cgroup: {message}")]
@@ -108,6 +110,7 @@ impl HybridContainer {
             path: config.state_root.clone(),
             source: e,
         })?;
+        crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle)?;
         // Compile before the container exists: a bad module fails Create,
         // and the cache makes every later start load machine code only.
         let precompiled = if workload.kind.is_wasm() {
