@@ -10,6 +10,7 @@
 //! archive the same way.
 
 pub mod archive;
+pub mod artifact;
 pub mod basefs;
 pub mod blobs;
 mod build;
@@ -31,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+pub use artifact::ArtifactForm;
 pub use build::StepError;
 pub use cache::{cache_dir_from_env, DEFAULT_CACHE_DIR};
 pub use layer::Compression;
@@ -72,6 +74,8 @@ pub enum BuildError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Artifact(#[from] artifact::ArtifactError),
     #[error(transparent)]
     Containerd(#[from] ContainerdError),
     #[error("invalid SOURCE_DATE_EPOCH {0:?} (want whole seconds since 1970)")]
@@ -130,6 +134,8 @@ pub struct BuildOptions {
     pub output_layout: Option<PathBuf>,
     /// Print each step (and whether it was cached) to stderr.
     pub progress: bool,
+    /// Write the image as an OCI wasm artifact (see [`artifact`]).
+    pub artifact: Option<ArtifactForm>,
 }
 
 impl BuildOptions {
@@ -149,6 +155,7 @@ impl BuildOptions {
             compression: Compression::Gzip,
             output_layout: None,
             progress: false,
+            artifact: None,
         }
     }
 }
@@ -281,13 +288,18 @@ pub async fn build(options: &BuildOptions) -> Result<ImageInfo, BuildError> {
         tracing::warn!("build arguments not declared by any ARG: {}", unused.join(", "));
     }
     let written = session.stage.image.write(&session.blobs)?;
-    let digest = written.manifest.digest().to_string();
-    tracing::info!("built {name}: manifest {digest}, {} layers", written.layers.len());
-
     // Both file outputs hold the same blobs: the config, then every layer.
     let mut blob_list = vec![written.config.digest().to_string()];
     blob_list.extend(written.layers.iter().map(|l| l.digest().to_string()));
-    let image = ArchiveImage { target: &written.manifest, blobs: &blob_list };
+    let mut target = written.manifest.clone();
+    if let Some(form) = options.artifact {
+        session.fetch_remote_blobs().await?;
+        let built = artifact::write(&session.blobs, &written, form)?;
+        (target, blob_list) = (built.target, built.blobs);
+    }
+    let digest = target.digest().to_string();
+    tracing::info!("built {name}: {} {digest}, {} layers", target.media_type(), written.layers.len());
+    let image = ArchiveImage { target: &target, blobs: &blob_list };
     if options.output.is_some() || options.output_layout.is_some() {
         session.fetch_remote_blobs().await?;
     }
@@ -305,7 +317,7 @@ pub async fn build(options: &BuildOptions) -> Result<ImageInfo, BuildError> {
             None => ContainerdStore::connect(&options.containerd.address, &options.containerd.namespace).await?,
         };
         store.set_upload_progress(progress.uploads());
-        load_into(store, &session.blobs, &[(name.clone(), written.manifest.clone())]).await?;
+        load_into(store, &session.blobs, &[(name.clone(), target.clone())]).await?;
         tracing::info!("loaded {name} into containerd (namespace {})", options.containerd.namespace);
     }
     Ok(ImageInfo { name, digest, steps: std::mem::take(&mut session.steps) })

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod wasm;
-use hybrid_builder::{BuildOptions, Compression, ContainerdOptions, DEFAULT_ADDRESS, DEFAULT_NAMESPACE};
+use hybrid_builder::{ArtifactForm, BuildOptions, Compression, ContainerdOptions, DEFAULT_ADDRESS, DEFAULT_NAMESPACE};
 
 #[derive(Parser)]
 #[command(name = "hybrid", version, about = "hybrid: wasm and Linux containers for containerd")]
@@ -72,6 +72,11 @@ struct BuildArgs {
     /// Layer compression.
     #[arg(long, value_name = "gzip|zstd|none", default_value = "gzip")]
     compression: Compression,
+    /// Write an OCI wasm artifact of the module the image's ENTRYPOINT/CMD names:
+    /// `index` (the default) adds a layerless linux entry so that containerd 1.6's
+    /// `ctr run` and CRI run it through hybrid; `manifest` is the bare artifact.
+    #[arg(long, value_name = "index|manifest", num_args = 0..=1, require_equals = true, default_missing_value = "index")]
+    artifact: Option<ArtifactForm>,
     #[command(flatten)]
     containerd: ContainerdArgs,
     /// The build context directory.
@@ -111,6 +116,7 @@ async fn build(args: BuildArgs) -> anyhow::Result<()> {
     options.target = args.target;
     options.cache_dir = (!args.no_cache).then(hybrid_builder::cache_dir_from_env);
     options.compression = args.compression;
+    options.artifact = args.artifact;
     options.progress = true;
     let image = hybrid_builder::build(&options).await?;
     println!("{} {}", image.name, image.digest);
@@ -133,7 +139,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hybrid_builder=info,hybrid=info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hybrid_builder=info,hybrid=info,libcgroups=error")),
         )
         .init();
     let command = match cli.command {

@@ -45,6 +45,8 @@ pub enum WorkloadError {
     },
     #[error("cannot open rootfs {0:?}: {1}")]
     Rootfs(PathBuf, String),
+    #[error("wasm artifact module {path:?} is not a wasm module: it starts with {found}")]
+    ArtifactNotWasm { path: String, found: String },
 }
 
 /// What kind of executable the entrypoint is.
@@ -81,13 +83,26 @@ pub struct Workload {
 /// Decide how `spec`'s process runs. `rootfs` is the container's root as the
 /// caller sees it (bundle/rootfs, mounted).
 pub fn decide(spec: &Spec, rootfs: &Path) -> Result<Workload, WorkloadError> {
+    decide_with_artifact(spec, rootfs, None)
+}
+
+/// [`decide`] for a container whose image is an OCI wasm artifact:
+/// `artifact_module` is where its module was placed, as an absolute path
+/// inside the rootfs. The module is then the entrypoint whatever the
+/// process args say (they are only the guest's argv, and may be empty).
+pub fn decide_with_artifact(spec: &Spec, rootfs: &Path, artifact_module: Option<&Path>) -> Result<Workload, WorkloadError> {
     let process = spec.process().as_ref().ok_or(WorkloadError::NoArgs)?;
-    let args = process.args().as_ref().ok_or(WorkloadError::NoArgs)?;
+    let no_args = Vec::new();
+    let args = match (process.args().as_ref(), artifact_module) {
+        (Some(args), _) => args,
+        (None, Some(_)) => &no_args,
+        (None, None) => return Err(WorkloadError::NoArgs),
+    };
     let env = process.env().clone().unwrap_or_default();
     let cwd = process.cwd();
     let empty = HashMap::new();
     let annotations = spec.annotations().as_ref().unwrap_or(&empty);
-    decide_process(args, &env, cwd, annotations, rootfs)
+    decide_in(args, &env, cwd, annotations, rootfs, artifact_module)
 }
 
 /// The same decision for one process description (init or exec).
@@ -98,20 +113,35 @@ pub fn decide_process(
     annotations: &HashMap<String, String>,
     rootfs: &Path,
 ) -> Result<Workload, WorkloadError> {
-    let arg0 = args.first().ok_or(WorkloadError::NoArgs)?;
+    decide_in(args, env, cwd, annotations, rootfs, None)
+}
+
+/// The decision itself, for every caller.
+fn decide_in(
+    args: &[String],
+    env: &[String],
+    cwd: &Path,
+    annotations: &HashMap<String, String>,
+    rootfs: &Path,
+    artifact_module: Option<&Path>,
+) -> Result<Workload, WorkloadError> {
     // runwasi's convention: `module.wasm#export` calls that export.
-    let (program, export) = match arg0.rsplit_once('#') {
-        Some((p, e)) if !e.is_empty() && !e.contains('/') => (p, Some(e.to_string())),
-        _ => (arg0.as_str(), None),
+    let (program, export) = match args.first().map(|arg0| (arg0, arg0.rsplit_once('#'))) {
+        Some((_, Some((p, e)))) if !e.is_empty() && !e.contains('/') => (Some(p), Some(e.to_string())),
+        Some((arg0, _)) => (Some(arg0.as_str()), None),
+        None => (None, None),
     };
     let root = pathrs::Root::open(rootfs)
         .map_err(|e| WorkloadError::Rootfs(rootfs.to_path_buf(), e.to_string()))?;
-    let path_var = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH);
-    let entrypoint = resolve(&root, program, cwd, path_var)
-        .ok_or_else(|| WorkloadError::NotFound(program.to_string(), path_var.to_string()))?;
+    let entrypoint = match (artifact_module, program) {
+        (Some(module), _) => module.to_path_buf(),
+        (None, None) => return Err(WorkloadError::NoArgs),
+        (None, Some(program)) => {
+            let path_var = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
+            resolve(&root, program, cwd, path_var)
+                .ok_or_else(|| WorkloadError::NotFound(program.to_string(), path_var.to_string()))?
+        }
+    };
     let head = read_head(&root, &entrypoint).map_err(|source| WorkloadError::Read {
         path: entrypoint.display().to_string(),
         rootfs: rootfs.to_path_buf(),
@@ -121,7 +151,10 @@ pub fn decide_process(
         path: entrypoint.display().to_string(),
         found: describe(&head),
     })?;
-    if let Some(annotation) = wasm_annotation(annotations) {
+    if artifact_module.is_some() && !kind.is_wasm() {
+        return Err(WorkloadError::ArtifactNotWasm { path: entrypoint.display().to_string(), found: describe(&head) });
+    }
+    if let Some(annotation) = wasm_annotation(annotations, &entrypoint) {
         if !kind.is_wasm() {
             return Err(WorkloadError::NotWasm {
                 path: entrypoint.display().to_string(),
@@ -156,15 +189,23 @@ pub fn read_entrypoint(rootfs: &Path, workload: &Workload) -> Result<Vec<u8>, Wo
 }
 
 /// crun's annotations that say "this is wasm", as `key=value` for messages.
-fn wasm_annotation(annotations: &HashMap<String, String>) -> Option<String> {
-    let asks = |key: &str, values: &[&str]| {
+/// `run.oci.handler=wasm` and `module.wasm.image/variant=compat` insist on
+/// wasm; the "smart" switches (`wasm-smart`, `compat-smart`, meant for pods
+/// with native sidecars) insist only on an entrypoint named `*.wasm` or
+/// `*.wat`, as crun has it: anything else runs natively.
+fn wasm_annotation(annotations: &HashMap<String, String>, entrypoint: &Path) -> Option<String> {
+    let named_wasm = entrypoint
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("wasm") || e.eq_ignore_ascii_case("wat"));
+    let asks = |key: &str, values: &[&str], smart: &str| {
         annotations
             .get(key)
-            .filter(|v| values.contains(&v.as_str()))
+            .filter(|v| values.contains(&v.as_str()) || (v.as_str() == smart && named_wasm))
             .map(|v| format!("{key}={v}"))
     };
-    asks(CRUN_HANDLER_ANNOTATION, &["wasm", "wasmtime"])
-        .or_else(|| asks(WASM_VARIANT_ANNOTATION, &["compat", "compat-smart"]))
+    asks(CRUN_HANDLER_ANNOTATION, &["wasm", "wasmtime"], "wasm-smart")
+        .or_else(|| asks(WASM_VARIANT_ANNOTATION, &["compat"], "compat-smart"))
 }
 
 /// Find `program` in the rootfs the way execvp would inside the container.
@@ -343,6 +384,43 @@ mod tests {
         let root = rootfs_with(&[]);
         let err = decide_args(root.path(), &["nothere"], &[]).expect_err("must fail");
         assert!(err.to_string().contains("nothere"));
+    }
+
+    #[test]
+    fn compat_smart_lets_a_native_sidecar_run_natively() {
+        let root = rootfs_with(&[("/bin/tool", b"\x7fELF\x02\x01"), ("/bin/tool.wasm", b"\x7fELF\x02\x01")]);
+        let smart = [(WASM_VARIANT_ANNOTATION, "compat-smart")];
+        assert_eq!(decide_args(root.path(), &["/bin/tool"], &smart).expect("native").kind, WorkloadKind::Native);
+        let err = decide_args(root.path(), &["/bin/tool.wasm"], &smart).expect_err("named .wasm must be wasm");
+        assert!(err.to_string().contains("compat-smart"), "{err}");
+        let err = decide_args(root.path(), &["/bin/tool"], &[(WASM_VARIANT_ANNOTATION, "compat")]).expect_err("compat insists");
+        assert!(err.to_string().contains("variant=compat"), "{err}");
+    }
+
+    fn artifact_decision(root: &Path, args: &[&str], module: &str) -> Result<Workload, WorkloadError> {
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": { "args": args, "cwd": "/", "env": ["PATH=/bin"], "user": { "uid": 0, "gid": 0 } },
+        }))
+        .expect("spec");
+        decide_with_artifact(&spec, root, Some(Path::new(module)))
+    }
+
+    #[test]
+    fn an_artifact_module_is_the_entrypoint_whatever_the_args() {
+        let root = rootfs_with(&[("/hello.wasm", b"\0asm\x01\0\0\0"), ("/bin/sh", b"\x7fELF\x02\x01")]);
+        let w = artifact_decision(root.path(), &["/bin/sh", "-c", "x"], "/hello.wasm").expect("decide");
+        assert_eq!(w.kind, WorkloadKind::WasmBinary);
+        assert_eq!(w.entrypoint, PathBuf::from("/hello.wasm"));
+        let w = artifact_decision(root.path(), &[], "/hello.wasm").expect("no args needed");
+        assert_eq!(w.entrypoint, PathBuf::from("/hello.wasm"));
+    }
+
+    #[test]
+    fn an_artifact_module_that_is_not_wasm_is_refused() {
+        let root = rootfs_with(&[("/module.wasm", b"\x7fELF\x02\x01")]);
+        let err = artifact_decision(root.path(), &["x"], "/module.wasm").expect_err("must fail");
+        assert!(err.to_string().contains("wasm artifact module \"/module.wasm\""), "{err}");
     }
 
     #[test]

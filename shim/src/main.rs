@@ -2,6 +2,7 @@
 //! `io.containerd.hybrid.v2`. Thin glue: the protocol lives here, the
 //! container lifecycle in `hybrid-runtime`.
 
+mod artifact;
 mod events;
 mod info;
 mod metrics;
@@ -14,6 +15,9 @@ pub const RUNTIME_ID: &str = "io.containerd.hybrid.v2";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(artifact::HELPER_COMMAND) {
+        std::process::exit(artifact::helper_main(&args[2..]));
+    }
     if args.iter().skip(1).any(|a| a == "-v" || a == "--version" || a == "-version") {
         println!("{}:", args.first().map(String::as_str).unwrap_or("containerd-shim-hybrid-v2"));
         println!("  Version: {}", env!("CARGO_PKG_VERSION"));

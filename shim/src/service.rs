@@ -69,7 +69,10 @@ fn create_container(req: &api::CreateTaskRequest, namespace: &str) -> Result<Hyb
     // The spec's root is relative to the bundle (bundle/rootfs, where we
     // mounted the snapshot) or absolute (`ctr run --rootfs DIR`).
     let root = spec.root().as_ref().map(|r| bundle.join(r.path())).unwrap_or_else(|| rootfs::rootfs_path(bundle));
-    let workload = hybrid_runtime::decide(&spec, &root).map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))?;
+    // An OCI wasm artifact's module, fetched from containerd into the empty rootfs.
+    let artifact = crate::artifact::place_module(&req.id, namespace, &root).map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))?;
+    let workload = hybrid_runtime::workload::decide_with_artifact(&spec, &root, artifact.as_deref())
+        .map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))?;
     tracing::info!(kind = ?workload.kind, entrypoint = ?workload.entrypoint, "workload decided");
     let config = ContainerConfig {
         id: req.id.clone(),

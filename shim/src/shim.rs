@@ -45,6 +45,7 @@ impl containerd_shim::Shim for HybridShim {
         if args.action.is_empty() {
             init_logging(args.debug);
         }
+        crate::artifact::set_containerd_address(&args.address);
         Self {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
