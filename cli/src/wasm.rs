@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use hybrid_runtime::preopens::Preopen;
 use hybrid_runtime::compile_cache::CompileCache;
 use hybrid_runtime::limits::guest_memory_limit;
 use hybrid_runtime::wasm::{precompile, WasiSetup, WasmSandbox};
@@ -90,7 +91,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         if host.is_empty() || guest.is_empty() {
             bail!("--dir {dir:?}: expected HOST::GUEST or DIR");
         }
-        preopens.push((PathBuf::from(host), guest.to_string()));
+        preopens.push(Preopen::read_write(host, guest));
     }
     for kv in &args.env {
         if !kv.contains('=') {

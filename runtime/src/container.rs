@@ -114,6 +114,10 @@ impl HybridContainer {
         // Compile before the container exists: a bad module fails Create,
         // and the cache makes every later start load machine code only.
         let precompiled = if workload.kind.is_wasm() {
+            // A bad preopens annotation fails Create, not the guest's start.
+            let cwd = spec.as_ref().and_then(|s| s.process().as_ref()).map(|p| p.cwd().clone()).unwrap_or_default();
+            let root = spec.as_ref().map(crate::preopens::RootView::from_spec).unwrap_or_default();
+            crate::preopens::preopens_for(&cwd, &annotations, &root).map_err(crate::wasm::WasmError::from)?;
             let module = read_entrypoint(&config.rootfs, &workload)?;
             let (artifact, _outcome) = wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?;
             Some(artifact)

@@ -173,11 +173,9 @@ fn run_wasm_in_container(
     let args = process.and_then(|p| p.args().clone()).unwrap_or_default();
     let env = process.and_then(|p| p.env().clone()).unwrap_or_default();
     let cwd = process.map(|p| p.cwd().clone()).unwrap_or_else(|| PathBuf::from("/"));
-    let mut preopens = vec![(PathBuf::from("/"), "/".to_string())];
-    if cwd != PathBuf::from("/") {
-        // Relative paths in the guest resolve against ".", the container's cwd.
-        preopens.push((cwd.clone(), ".".to_string()));
-    }
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let root = crate::preopens::RootView::from_spec(spec);
+    let preopens = crate::preopens::preopens_for(&cwd, &annotations, &root)?;
     let spec_memory_limit = spec
         .linux()
         .as_ref()

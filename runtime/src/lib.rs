@@ -12,6 +12,7 @@ pub mod exec;
 pub mod limits;
 pub mod logdriver;
 pub mod executor;
+pub mod preopens;
 pub mod stdio;
 pub mod tty;
 pub mod wasm;

@@ -13,6 +13,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::preopens::Preopen;
 use crate::compile_cache::{load_artifact, load_component_artifact, ArtifactKind, CacheOutcome, CompileCache};
 use crate::limits::SandboxLimits;
 
@@ -32,6 +33,8 @@ pub enum WasmError {
         guest: String,
         message: String,
     },
+    #[error(transparent)]
+    Preopens(#[from] crate::preopens::PreopensError),
     #[error("cannot link wasm module {path:?}: {message}")]
     Link { path: PathBuf, message: String },
     #[error("wasm module {path:?} has no export {export:?}")]
@@ -91,8 +94,8 @@ pub fn precompile(module_path: &Path, module: &[u8], cache: &CompileCache) -> Re
 pub struct WasiSetup {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
-    /// `(host path, guest path)` pairs, preopened read-write.
-    pub preopens: Vec<(PathBuf, String)>,
+    /// The directories the guest can reach.
+    pub preopens: Vec<Preopen>,
     /// The most linear memory (and tables) the guest may have, in bytes.
     pub memory_limit: Option<usize>,
 }
@@ -269,10 +272,11 @@ impl WasmSandbox {
 fn wasi_builder(setup: &WasiSetup) -> Result<WasiCtxBuilder, WasmError> {
     let mut builder = WasiCtxBuilder::new();
     builder.args(&setup.args).envs(&setup.env).inherit_stdio();
-    for (host, guest) in &setup.preopens {
-        builder.preopened_dir(host, guest, FsPerms::ReadWrite).map_err(|e| WasmError::Preopen {
-            host: host.clone(),
-            guest: guest.clone(),
+    for preopen in &setup.preopens {
+        let perms = if preopen.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        builder.preopened_dir(&preopen.host, &preopen.guest, perms).map_err(|e| WasmError::Preopen {
+            host: preopen.host.clone(),
+            guest: preopen.guest.clone(),
             message: format!("{e:#}"),
         })?;
     }

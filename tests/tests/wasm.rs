@@ -73,21 +73,38 @@ fn a_spinning_module_is_stopped_by_a_kill() {
         .expect("spawn ctr run");
     assert!(env.wait_for_status(&id, "RUNNING", Duration::from_secs(30)), "task {id} never ran");
     std::thread::sleep(Duration::from_millis(200));
+    let listed = env.ctr_out(&["task", "ls"]);
+    let pid: i32 = listed
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id.as_str()))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .expect("the task's pid");
+    // The signal as containerd's Kill delivers it, timed to the process's
+    // end (gone, or a zombie for the shim to reap) without ctr's round trips.
     let killed_at = Instant::now();
-    let kill = env.ctr_out(&["task", "kill", "-s", "SIGTERM", &id]);
-    assert_eq!(kill.code, 0, "{kill:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).expect("kill");
+    let ended = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+            .unwrap_or(true)
+    };
+    while !ended(pid) {
+        assert!(killed_at.elapsed() < Duration::from_secs(10), "a spinning module survived SIGTERM for 10 s");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let took = killed_at.elapsed();
+    eprintln!("spinning module: SIGTERM to exit {took:?}");
+    assert!(took < Duration::from_millis(100), "the issue asks for 100 ms, took {took:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break status;
         }
-        assert!(Instant::now() < deadline, "a spinning module survived SIGTERM for 10 s");
+        assert!(Instant::now() < deadline, "ctr run did not return after the kill");
         std::thread::sleep(Duration::from_millis(2));
     };
-    let took = killed_at.elapsed();
-    eprintln!("spinning module: kill to exit (including ctr's own round trips) {took:?}");
-    assert_eq!(status.code(), Some(143));
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(status.code(), Some(143), "the exit status containerd reports for SIGTERM");
 }
 
 #[test]
@@ -171,4 +188,71 @@ fn a_preview2_component_runs_through_containerd() {
     assert!(ran.stdout.contains("args: p2 args"), "{ran:?}");
     assert!(ran.stdout.contains("GREETING=component"), "{ran:?}");
     assert!(ran.stdout.contains("this file was shipped inside the image"), "files through wasi:filesystem: {ran:?}");
+}
+
+/// `ctr run` of the C example with `args` after its own path, through
+/// hybrid, with extra `ctr run` flags.
+fn run_c_probe(env: &Env, flags: &[&str], args: &[&str]) -> Ran {
+    let id = unique_id("fs");
+    let image = image("c-hello");
+    let mut all: Vec<&str> = vec!["run", "--rm", "--runtime", HYBRID_RUNTIME];
+    all.extend(flags);
+    all.extend([image.as_str(), id.as_str(), "/hello.wasm"]);
+    all.extend(args);
+    env.ctr_out(&all)
+}
+
+#[test]
+fn the_guest_reads_and_writes_files_in_its_root_and_a_bind_mount() {
+    let env = env();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("in.txt"), "from the host").expect("write");
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", dir.path().display());
+    let ran = run_c_probe(
+        env,
+        &["--mount", &mount],
+        &["write:/note:in-root", "read:/note", "read:/data/in.txt", "write:/data/out.txt:through-the-mount"],
+    );
+    assert_eq!(ran.code, 0, "{ran:?}");
+    for want in ["write /note: ok", "read /note: in-root", "read /data/in.txt: from the host", "write /data/out.txt: ok"] {
+        assert!(ran.stdout.contains(want), "{want:?} missing: {ran:?}");
+    }
+    assert_eq!(std::fs::read_to_string(dir.path().join("out.txt")).expect("out.txt"), "through-the-mount");
+
+    // A read-only root stays read-only to the guest; the bind mount does not.
+    let ran = run_c_probe(
+        env,
+        &["--read-only", "--mount", &mount],
+        &["write:/note:x", "write:/data/out2.txt:still-writable"],
+    );
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let denied = ran.stdout.lines().find(|l| l.starts_with("write /note: ")).unwrap_or_default();
+    assert!(denied.contains("not permitted") || denied.contains("Read-only"), "{ran:?}");
+    assert!(ran.stdout.contains("write /data/out2.txt: ok"), "{ran:?}");
+}
+
+#[test]
+fn the_preopens_annotation_narrows_what_the_guest_reaches() {
+    let env = env();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("in.txt"), "shared").expect("write");
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", dir.path().display());
+    let narrowed = "io.containerd.hybrid.v2.preopens=/data:ro";
+    let ran = run_c_probe(
+        env,
+        &["--mount", &mount, "--annotation", narrowed],
+        &["read:/data/in.txt", "write:/data/new.txt:x", "read:/hello.wasm"],
+    );
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("read /data/in.txt: shared"), "the listed dir is reachable: {ran:?}");
+    assert!(!ran.stdout.contains("write /data/new.txt: ok"), "it is read-only: {ran:?}");
+    assert!(!dir.path().join("new.txt").exists(), "nothing was written");
+    // Read, the module's own file would print as empty (it starts with a
+    // NUL byte); out of reach, the line carries the error instead.
+    let outside = ran.stdout.lines().find(|l| l.starts_with("read /hello.wasm: ")).unwrap_or_default();
+    assert!(outside.len() > "read /hello.wasm: ".len(), "the root is out of reach: {ran:?}");
+
+    let bad = run_c_probe(env, &["--annotation", "io.containerd.hybrid.v2.preopens=data"], &[]);
+    assert_ne!(bad.code, 0, "{bad:?}");
+    assert!(bad.stderr.contains("io.containerd.hybrid.v2.preopens"), "the error names the annotation: {bad:?}");
 }
