@@ -13,11 +13,17 @@
 #   busybox/rootfs.tar      busybox/make-rootfs.sh (Debian busybox-static)
 #   bad-entrypoint/         nothing to build (notes.txt made executable)
 #   pause/pause             cc -static pause.c (the CRI pod sandbox image)
+#   http-hello/http-hello.wasm  Debian rustc 1.63 (a cdylib written against
+#                           the wasi:http canonical ABI), wrapped into a
+#                           wasi:http/proxy component by `hybrid wasm
+#                           componentize` with the WIT of the wasmtime-wasi-http
+#                           crate in cargo's registry (found by cargo metadata)
 #
 # Environment:
 #   HYBRID               path to the `hybrid` binary; with CONTAINERD_ADDRESS,
 #                        each example is built as hybrid-examples/NAME:latest
-#                        and loaded into that containerd
+#                        and loaded into that containerd (http-hello needs it
+#                        for componentize; default target/debug/hybrid)
 #   CONTAINERD_ADDRESS   containerd socket (see scripts/containerd.sh env)
 #   CONTAINERD_NAMESPACE containerd namespace (default: default)
 #   RUSTC                rustc with a wasm32-wasi std (default: /usr/bin/rustc,
@@ -37,7 +43,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 examples_dir=$repo/wasm-examples
-all_examples=(hello-rust exit-wat sleep-wat c-hello busybox bad-entrypoint pause)
+all_examples=(hello-rust exit-wat sleep-wat c-hello busybox bad-entrypoint pause http-hello)
 
 RUSTC=${RUSTC:-/usr/bin/rustc}
 CLANG=${CLANG:-clang}
@@ -61,11 +67,7 @@ build_hello_rust() {
     local dir=$examples_dir/hello-rust out tmp
     out=$dir/hello.wasm
     tmp=$out.tmp.$$
-    need "$RUSTC" "rustc libstd-rust-dev-wasm32"
-    local sysroot
-    sysroot=$("$RUSTC" --print sysroot)
-    [ -d "$sysroot/lib/rustlib/wasm32-wasi" ] \
-        || die "$RUSTC ($("$RUSTC" --version)) has no wasm32-wasi std in $sysroot/lib/rustlib (Debian: apt-get install libstd-rust-dev-wasm32; set RUSTC=/usr/bin/rustc)"
+    need_wasm_rustc
     log "hello-rust: $("$RUSTC" --version) --target wasm32-wasi"
     # strip=debuginfo: Debian's wasm32 std carries DWARF (5.8 MB -> ~130 KB);
     # the name section stays for readable traps.
@@ -76,6 +78,41 @@ build_hello_rust() {
     "$RUSTC" --edition 2021 -O -C strip=debuginfo --target wasm32-wasi \
         "$dir/src/main.rs" -o "$work/hello.wasm" || { rm -rf "$work"; die "hello-rust: rustc failed"; }
     mv "$work/hello.wasm" "$tmp"
+    rm -rf "$work"
+    finish "$tmp" "$out"
+}
+
+# rustc's wasm32-wasi std, or a clear error.
+need_wasm_rustc() {
+    need "$RUSTC" "rustc libstd-rust-dev-wasm32"
+    local sysroot
+    sysroot=$("$RUSTC" --print sysroot)
+    [ -d "$sysroot/lib/rustlib/wasm32-wasi" ] \
+        || die "$RUSTC ($("$RUSTC" --version)) has no wasm32-wasi std in $sysroot/lib/rustlib (Debian: apt-get install libstd-rust-dev-wasm32; set RUSTC=/usr/bin/rustc)"
+}
+
+build_http_hello() {
+    local dir=$examples_dir/http-hello out tmp hybrid
+    out=$dir/http-hello.wasm
+    tmp=$out.tmp.$$
+    need_wasm_rustc
+    hybrid=${HYBRID:-$repo/target/debug/hybrid}
+    [ -x "$hybrid" ] || die "http-hello: $hybrid not found (cargo build -p hybrid-cli, or set HYBRID)"
+    # The WIT of the wasi:http version the runtime serves: read from the
+    # wasmtime-wasi-http crate the workspace builds with, never copied here.
+    local manifest wit
+    manifest=$(cd "$repo" && cargo metadata --format-version 1 2>/dev/null \
+        | grep -o '"manifest_path":"[^"]*/wasmtime-wasi-http-[0-9][^"/]*/Cargo.toml"' | head -n1 | cut -d'"' -f4) || true
+    [ -n "$manifest" ] || die "http-hello: cargo metadata does not list wasmtime-wasi-http (run cargo fetch in $repo)"
+    wit=$(dirname "$manifest")/wit
+    [ -d "$wit/deps" ] || die "http-hello: no WIT in $wit"
+    log "http-hello: $("$RUSTC" --version) --crate-type cdylib, componentize with $wit"
+    local work
+    work=$(mktemp -d)
+    "$RUSTC" --edition 2021 -O -C strip=debuginfo --target wasm32-wasi --crate-type cdylib \
+        "$dir/src/lib.rs" -o "$work/core.wasm" || { rm -rf "$work"; die "http-hello: rustc failed"; }
+    "$hybrid" wasm componentize --wit "$wit" --world wasi:http/proxy "$work/core.wasm" -o "$tmp" \
+        || { rm -rf "$work" "$tmp"; die "http-hello: componentize failed"; }
     rm -rf "$work"
     finish "$tmp" "$out"
 }
@@ -146,6 +183,7 @@ build_artifacts() { # build_artifacts NAME
         busybox) build_busybox ;;
         bad-entrypoint) build_bad_entrypoint ;;
         pause) build_pause ;;
+        http-hello) build_http_hello ;;
         *) die "unknown example '$1' (known: ${all_examples[*]})" ;;
     esac
 }

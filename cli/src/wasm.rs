@@ -17,7 +17,8 @@ pub enum WasmCommand {
     /// Compile modules into the compile cache, so containers start from machine code.
     Warm(WarmArgs),
     /// Wrap a WASI preview 1 module into a preview 2 component (wasi:cli/command)
-    /// with wasmtime's preview 1 adapter.
+    /// with wasmtime's preview 1 adapter; with --wit/--world, a module written
+    /// against a world's canonical ABI (e.g. wasi:http/proxy).
     Componentize(ComponentizeArgs),
 }
 
@@ -28,7 +29,19 @@ pub struct ComponentizeArgs {
     /// Where to write the component.
     #[arg(short = 'o', long = "output", value_name = "OUT.wasm")]
     output: PathBuf,
+    /// A WIT directory (a package, its dependencies in deps/) holding the
+    /// world the module implements, e.g. wasmtime-wasi-http's wit/.
+    #[arg(long, value_name = "DIR", requires = "world")]
+    wit: Option<PathBuf>,
+    /// The world in --wit whose imports and exports the module uses, e.g.
+    /// wasi:http/proxy (which also picks the preview 1 proxy adapter).
+    #[arg(long, value_name = "WORLD", requires = "wit")]
+    world: Option<String>,
 }
+
+/// The world served by the preview 1 adapter that has no filesystem,
+/// arguments or exit: what an HTTP handler gets.
+const PROXY_WORLD: &str = "wasi:http/proxy";
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -68,20 +81,53 @@ pub fn main(command: WasmCommand) -> anyhow::Result<i32> {
 }
 
 fn componentize(args: ComponentizeArgs) -> anyhow::Result<i32> {
-    let module = std::fs::read(&args.module).with_context(|| format!("cannot read {}", args.module.display()))?;
-    let component = wit_component::ComponentEncoder::default()
+    let mut module = std::fs::read(&args.module).with_context(|| format!("cannot read {}", args.module.display()))?;
+    let mut adapter = wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER;
+    if let (Some(dir), Some(world)) = (&args.wit, &args.world) {
+        embed_world(&mut module, dir, world)?;
+        if world.split('@').next() == Some(PROXY_WORLD) {
+            adapter = wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER;
+        }
+    }
+    let mut encoder = wit_component::ComponentEncoder::default();
+    encoder
         .module(&module)
-        .with_context(|| format!("{} is not a preview 1 module the adapter can wrap", args.module.display()))?
-        .adapter(
-            "wasi_snapshot_preview1",
-            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
-        )
-        .context("cannot load the preview 1 adapter")?
+        .with_context(|| format!("{} is not a module the component encoder can wrap", args.module.display()))?;
+    // A module written against the world alone needs no adapter.
+    if imports_preview1(&module) {
+        encoder
+            .adapter(wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, adapter)
+            .context("cannot load the preview 1 adapter")?;
+    }
+    let component = encoder
         .validate(true)
         .encode()
         .with_context(|| format!("cannot encode {} as a component", args.module.display()))?;
     std::fs::write(&args.output, component).with_context(|| format!("cannot write {}", args.output.display()))?;
     Ok(0)
+}
+
+/// Embed `world` from the WIT in `dir` into `module` (its component-type
+/// section), so that the encoder knows what its imports and exports mean.
+fn embed_world(module: &mut Vec<u8>, dir: &std::path::Path, world: &str) -> anyhow::Result<()> {
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve.push_dir(dir).with_context(|| format!("cannot read the WIT in {}", dir.display()))?;
+    let world_id = resolve
+        .select_world(&[package], Some(world))
+        .with_context(|| format!("no world {world} in the WIT in {}", dir.display()))?;
+    wit_component::embed_component_metadata(module, &resolve, world_id, wit_component::StringEncoding::UTF8, false)
+        .with_context(|| format!("cannot embed world {world}"))
+}
+
+/// Whether the core module imports anything from WASI preview 1.
+fn imports_preview1(module: &[u8]) -> bool {
+    wasmparser::Parser::new(0).parse_all(module).any(|payload| match payload {
+        Ok(wasmparser::Payload::ImportSection(reader)) => reader
+            .into_imports()
+            .flatten()
+            .any(|import| import.module == wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME),
+        _ => false,
+    })
 }
 
 fn run(args: RunArgs) -> anyhow::Result<i32> {

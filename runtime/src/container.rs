@@ -48,6 +48,8 @@ pub enum ContainerError {
     Tty { id: String, source: crate::tty::TtyError },
     #[error("container {id}: cgroup: {message}")]
     Cgroup { id: String, message: String },
+    #[error(transparent)]
+    HttpPort(#[from] crate::http::PortError),
 }
 
 pub use libcgroups::stats::{MemoryData, Stats as CgroupStats};
@@ -94,6 +96,12 @@ impl HybridContainer {
     /// Create the container: namespaces, rootfs, cgroup, and an init process
     /// that waits for `start`. `workload` says what the init process will run.
     pub fn create(config: &ContainerConfig, workload: Workload) -> Result<Self, ContainerError> {
+        Self::create_with_image_port(config, workload, None)
+    }
+
+    /// [`create`](Self::create), with the tcp port the image EXPOSEs: where
+    /// a wasi:http component listens unless an annotation says otherwise.
+    pub fn create_with_image_port(config: &ContainerConfig, workload: Workload, image_port: Option<u16>) -> Result<Self, ContainerError> {
         let id = config.id.clone();
         let spec = Spec::load(config.bundle.join("config.json")).ok();
         let annotations = spec.as_ref().and_then(|spec| spec.annotations().clone()).unwrap_or_default();
@@ -129,7 +137,13 @@ impl HybridContainer {
         // here once it is created, so the read end sees EOF at its exit.
         let (oom_read, oom_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| ContainerError::Cgroup { id: id.clone(), message: format!("cannot create the oom pipe: {e}") })?;
-        let mut executor = HybridExecutor::new(workload.clone(), precompiled).with_memory_limit(memory_limit);
+        // A bad port annotation fails Create, not the guest's start.
+        let http_port = match workload.kind {
+            crate::workload::WorkloadKind::WasmComponent => crate::http::http_port(&annotations, image_port)?,
+            _ => crate::http::DEFAULT_HTTP_PORT,
+        };
+        let mut executor =
+            HybridExecutor::new(workload.clone(), precompiled).with_memory_limit(memory_limit).with_http_port(http_port);
         if workload.kind.is_wasm() {
             executor = executor.with_oom_notify(oom_write.as_raw_fd());
         }

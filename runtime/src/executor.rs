@@ -30,11 +30,18 @@ pub struct HybridExecutor {
     /// The container's memory limit as worked out on the host, where the
     /// cgroups above the container (a pod's) can be read; None: the spec's.
     memory_limit: Option<i64>,
+    /// Where a wasi:http component listens (http.rs), resolved at Create.
+    http_port: u16,
 }
 
 impl HybridExecutor {
     pub fn new(workload: Workload, precompiled: Option<Arc<Vec<u8>>>) -> Self {
-        Self { workload, precompiled, oom_notify: None, memory_limit: None }
+        Self { workload, precompiled, oom_notify: None, memory_limit: None, http_port: crate::http::DEFAULT_HTTP_PORT }
+    }
+
+    pub fn with_http_port(mut self, port: u16) -> Self {
+        self.http_port = port;
+        self
     }
 
     pub fn with_memory_limit(mut self, limit: Option<i64>) -> Self {
@@ -57,7 +64,7 @@ impl Executor for HybridExecutor {
         // (see close_cloexec_fds); this process's events would only print
         // write errors onto the guest's stderr.
         let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
-        let exit = run_wasm_in_container(spec, &self.workload, self.precompiled.as_deref().map(Vec::as_slice), self.oom_notify, self.memory_limit)
+        let exit = run_wasm_in_container(spec, &self.workload, self.precompiled.as_deref().map(Vec::as_slice), self.oom_notify, self.memory_limit, self.http_port)
             .map_err(|e| ExecutorError::Other(e.to_string()))?;
         if exit.out_of_memory {
             if let Some(fd) = self.oom_notify {
@@ -164,6 +171,7 @@ fn run_wasm_in_container(
     precompiled: Option<&[u8]>,
     oom_notify: Option<RawFd>,
     memory_limit: Option<i64>,
+    http_port: u16,
 ) -> Result<WasmExit, crate::wasm::WasmError> {
     install_termination_handlers();
     close_cloexec_fds(oom_notify);
@@ -190,5 +198,12 @@ fn run_wasm_in_container(
     };
     let sandbox = WasmSandbox::new()?;
     let module = sandbox.load(&workload.entrypoint, precompiled)?;
+    // A component that handles requests instead of running (wasi:http/proxy)
+    // is served; which world it is stays the sandbox's business.
+    if let crate::wasm::Program::Component(component) = &module {
+        if workload.export.is_none() && crate::http::component_serves_http(sandbox.engine(), component) {
+            return crate::http::serve(sandbox.engine(), &workload.entrypoint, component, &setup, http_port);
+        }
+    }
     sandbox.run(&workload.entrypoint, &module, workload.export.as_deref(), &setup)
 }

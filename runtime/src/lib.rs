@@ -9,6 +9,7 @@ pub mod cgroup_mount;
 pub mod compile_cache;
 pub mod container;
 pub mod exec;
+pub mod http;
 pub mod limits;
 pub mod logdriver;
 pub mod executor;

@@ -162,6 +162,11 @@ impl WasmSandbox {
         Ok(Self { engine: new_engine()? })
     }
 
+    /// The engine programs are loaded with (http.rs serves on it).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// The program at `path`: from `precompiled` artifact bytes when they
     /// load, else compiled from the file (binary or text).
     pub fn load(&self, path: &Path, precompiled: Option<&[u8]>) -> Result<Program, WasmError> {
@@ -269,7 +274,7 @@ impl WasmSandbox {
 }
 
 /// The guest's view: argv, environment, the container's stdio, preopens.
-fn wasi_builder(setup: &WasiSetup) -> Result<WasiCtxBuilder, WasmError> {
+pub(crate) fn wasi_builder(setup: &WasiSetup) -> Result<WasiCtxBuilder, WasmError> {
     let mut builder = WasiCtxBuilder::new();
     builder.args(&setup.args).envs(&setup.env).inherit_stdio();
     for preopen in &setup.preopens {

@@ -52,9 +52,9 @@ pub const WASM_LAYER_MEDIA_TYPES: [&str; 2] =
 const TITLE_ANNOTATION: &str = "org.opencontainers.image.title";
 const DEFAULT_MODULE_NAME: &str = "module.wasm";
 /// Manifests and indexes are small; a bigger one is not what it claims.
-const MAX_JSON_BYTES: u64 = 4 << 20;
+pub(crate) const MAX_JSON_BYTES: u64 = 4 << 20;
 const MAX_MODULE_BYTES: u64 = 1 << 30;
-const TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// containerd's gRPC address (the shim's `-address`), set once at start.
 static CONTAINERD_ADDRESS: OnceLock<String> = OnceLock::new();
@@ -112,11 +112,28 @@ pub fn place_module(id: &str, namespace: &str, rootfs: &Path) -> Result<Option<P
     let Some(address) = CONTAINERD_ADDRESS.get().filter(|_| empty) else {
         return Ok(None);
     };
+    let stdout = run_helper(&[HELPER_COMMAND.as_ref(), address.as_ref(), namespace.as_ref(), id.as_ref(), rootfs.as_os_str()])?;
+    match stdout.splitn(4, ' ').collect::<Vec<_>>().as_slice() {
+        ["placed", image, layer, path] => {
+            tracing::info!(%image, %layer, path, "wasm artifact module placed");
+            Ok(Some(PathBuf::from(path)))
+        }
+        _ if stdout == "none" => Ok(None),
+        _ => Err(ArtifactError::HelperRun(format!("gave no answer ({stdout:?})"))),
+    }
+}
+
+/// containerd's address, when the shim was given one.
+pub(crate) fn containerd_address() -> Option<&'static str> {
+    CONTAINERD_ADDRESS.get().map(String::as_str)
+}
+
+/// Run this binary again with `args` (a helper command); its answer, the
+/// one line on its stdout, or its error from its stderr.
+pub(crate) fn run_helper(args: &[&std::ffi::OsStr]) -> Result<String, ArtifactError> {
     let helper_err = |message: String| ArtifactError::HelperRun(message);
     let mut child = std::process::Command::new("/proc/self/exe")
-        .arg(HELPER_COMMAND)
-        .args([address, namespace, id])
-        .arg(rootfs)
+        .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -133,14 +150,10 @@ pub fn place_module(id: &str, namespace: &str, rootfs: &Path) -> Result<Option<P
         let _ = std::io::Read::read_to_string(&mut pipe, &mut stdout);
     }
     let _ = child.wait();
-    match stdout.trim_end().splitn(4, ' ').collect::<Vec<_>>().as_slice() {
-        ["placed", image, layer, path] => {
-            tracing::info!(%image, %layer, path, "wasm artifact module placed");
-            Ok(Some(PathBuf::from(path)))
-        }
-        _ if stdout.trim_end() == "none" => Ok(None),
-        _ if !stderr.trim().is_empty() => Err(ArtifactError::Helper(stderr.trim().to_string())),
-        _ => Err(helper_err(format!("gave no answer ({:?})", stdout.trim()))),
+    match stdout.trim_end() {
+        "" if !stderr.trim().is_empty() => Err(ArtifactError::Helper(stderr.trim().to_string())),
+        "" => Err(helper_err("gave no answer".to_string())),
+        answer => Ok(answer.to_string()),
     }
 }
 
@@ -211,7 +224,7 @@ struct Module {
     bytes: Vec<u8>,
 }
 
-struct Client {
+pub(crate) struct Client {
     channel: Channel,
     namespace: MetadataValue<containerd_client::tonic::metadata::Ascii>,
 }
@@ -224,7 +237,7 @@ impl Client {
     }
 
     /// Blob `digest` of `image`, checked against its digest, at most `limit` bytes.
-    async fn read(&self, image: &str, what: &'static str, desc: &Descriptor, limit: u64) -> Result<Vec<u8>, ArtifactError> {
+    pub(crate) async fn read(&self, image: &str, what: &'static str, desc: &Descriptor, limit: u64) -> Result<Vec<u8>, ArtifactError> {
         let digest = desc.digest().to_string();
         let blob_err = |reason: String| ArtifactError::Blob { image: image.to_string(), what, digest: digest.clone(), reason };
         if desc.size() > limit {
@@ -252,6 +265,30 @@ impl Client {
 }
 
 async fn find_module(address: &str, namespace: &str, id: &str) -> Result<Option<Module>, ArtifactError> {
+    let client = connect(address, namespace).await?;
+    let Some((image, target)) = container_image(&client, id).await? else {
+        return Ok(None);
+    };
+    let Some((manifest_digest, manifest)) = find_manifest(&client, &image, &target).await? else {
+        return Ok(None);
+    };
+    let mut layers = manifest
+        .layers()
+        .iter()
+        .filter(|l| WASM_LAYER_MEDIA_TYPES.contains(&l.media_type().to_string().as_str()));
+    let (layer, more) = (layers.next(), layers.count());
+    let Some(layer) = layer else {
+        return Err(ArtifactError::NoWasmLayer { image, manifest: manifest_digest });
+    };
+    if more > 0 {
+        return Err(ArtifactError::ManyLayers { image, manifest: manifest_digest, count: more + 1 });
+    }
+    let bytes = client.read(&image, "wasm layer", layer, MAX_MODULE_BYTES).await?;
+    Ok(Some(Module { name: module_name(layer), layer: layer.digest().to_string(), image, bytes }))
+}
+
+/// A client of containerd at `address`, in `namespace`.
+pub(crate) async fn connect(address: &str, namespace: &str) -> Result<Client, ArtifactError> {
     let namespace = namespace
         .parse()
         .map_err(|_| ArtifactError::Rpc { op: "namespace".into(), message: format!("invalid namespace {namespace:?}") })?;
@@ -262,7 +299,12 @@ async fn find_module(address: &str, namespace: &str, id: &str) -> Result<Option<
         }
         ArtifactError::Connect { address: address.to_string(), reason: cause.to_string() }
     })?;
-    let client = Client { channel, namespace };
+    Ok(Client { channel, namespace })
+}
+
+/// The image container `id` was made from, and the descriptor its name
+/// points at (a manifest or an index); None for a container without one.
+pub(crate) async fn container_image(client: &Client, id: &str) -> Result<Option<(String, Descriptor)>, ArtifactError> {
     let rpc = |op: String| move |s: containerd_client::tonic::Status| ArtifactError::Rpc { op, message: s.message().to_string() };
     let container = ContainersClient::new(client.channel.clone())
         .get(client.request(GetContainerRequest { id: id.to_string() }))
@@ -287,22 +329,7 @@ async fn find_module(address: &str, namespace: &str, id: &str) -> Result<Option<
         "size": target.size,
     }))
     .map_err(|e| ArtifactError::Blob { image: image.clone(), what: "target", digest: target.digest.clone(), reason: e.to_string() })?;
-    let Some((manifest_digest, manifest)) = find_manifest(&client, &image, &target).await? else {
-        return Ok(None);
-    };
-    let mut layers = manifest
-        .layers()
-        .iter()
-        .filter(|l| WASM_LAYER_MEDIA_TYPES.contains(&l.media_type().to_string().as_str()));
-    let (layer, more) = (layers.next(), layers.count());
-    let Some(layer) = layer else {
-        return Err(ArtifactError::NoWasmLayer { image, manifest: manifest_digest });
-    };
-    if more > 0 {
-        return Err(ArtifactError::ManyLayers { image, manifest: manifest_digest, count: more + 1 });
-    }
-    let bytes = client.read(&image, "wasm layer", layer, MAX_MODULE_BYTES).await?;
-    Ok(Some(Module { name: module_name(layer), layer: layer.digest().to_string(), image, bytes }))
+    Ok(Some((image, target)))
 }
 
 fn is_wasm_config(manifest: &ImageManifest) -> bool {

@@ -4,6 +4,7 @@
 
 mod artifact;
 mod events;
+mod image_port;
 mod info;
 mod metrics;
 mod rootfs;
@@ -17,6 +18,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(artifact::HELPER_COMMAND) {
         std::process::exit(artifact::helper_main(&args[2..]));
+    }
+    if args.get(1).map(String::as_str) == Some(image_port::HELPER_COMMAND) {
+        std::process::exit(image_port::helper_main(&args[2..]));
     }
     if args.iter().skip(1).any(|a| a == "-v" || a == "--version" || a == "-version") {
         println!("{}:", args.first().map(String::as_str).unwrap_or("containerd-shim-hybrid-v2"));

@@ -74,6 +74,7 @@ fn create_container(req: &api::CreateTaskRequest, namespace: &str) -> Result<Hyb
     let workload = hybrid_runtime::workload::decide_with_artifact(&spec, &root, artifact.as_deref())
         .map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))?;
     tracing::info!(kind = ?workload.kind, entrypoint = ?workload.entrypoint, "workload decided");
+    let image_port = crate::image_port::exposed_http_port(&req.id, namespace, &spec, &root, &workload);
     let config = ContainerConfig {
         id: req.id.clone(),
         bundle: bundle.to_path_buf(),
@@ -82,7 +83,7 @@ fn create_container(req: &api::CreateTaskRequest, namespace: &str) -> Result<Hyb
         stdio: StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() },
         namespace: namespace.to_string(),
     };
-    HybridContainer::create(&config, workload).map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))
+    HybridContainer::create_with_image_port(&config, workload, image_port).map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))
 }
 
 /// A wasm guest stopped by its memory limit says so on this pipe (EOF when
