@@ -6,6 +6,14 @@
 # (proportional set size, /proc/PID/smaps_rollup): shared pages are split
 # among the processes sharing them, so the sums add up to real memory.
 # Counted: every process in the containers' cgroups plus their shims.
+# With RUNWASI_SHIM=/path/to/containerd-shim-wasmtime-v1, the same N
+# sleep-wat containers also run through runwasi's wasmtime shim
+# (io.containerd.wasmtime.v1), twice: a shim each, as ctr runs them, and
+# all in one shim, grouped as CRI groups a pod (runwasi groups by the
+# io.kubernetes.cri.sandbox-id annotation). runwasi's shim answers no Pids
+# (`ctr task ps`), so its containers' processes are read from their cgroup;
+# its "shims" are the shim processes and their zygotes (forks of the shim:
+# one per shim, one per container), all of which carry the shim's argv.
 #
 # Usage: bench/density.sh [N]   (default 50; root; builds if needed)
 set -euo pipefail
@@ -17,6 +25,12 @@ bash scripts/install-deps.sh >/dev/null
 cargo build --workspace --bins --quiet
 state=$(mktemp -d /tmp/hybrid-density.XXXXXX)
 export HYBRID_BIN_DIR="$root/target/debug"
+if [ -n "${RUNWASI_SHIM:-}" ]; then
+  # containerd finds io.containerd.wasmtime.v1 as containerd-shim-wasmtime-v1 on PATH.
+  [ "$(basename "$RUNWASI_SHIM")" = containerd-shim-wasmtime-v1 ] && [ -x "$RUNWASI_SHIM" ] \
+    || { echo "RUNWASI_SHIM must be an executable containerd-shim-wasmtime-v1" >&2; exit 1; }
+  export HYBRID_BIN_DIR="$HYBRID_BIN_DIR:$(dirname "$RUNWASI_SHIM")"
+fi
 bash scripts/containerd.sh start "$state" >/dev/null
 trap 'bash scripts/containerd.sh stop "$state" >/dev/null; rm -rf "$state"' EXIT
 eval "$(bash scripts/containerd.sh env "$state")"
@@ -27,6 +41,26 @@ pss_kb() { awk '/^Pss:/ {s += $2} END {print s + 0}' "/proc/$1/smaps_rollup" 2>/
 
 # Pids of a task's processes, from `ctr task ps`.
 task_pids() { ctr_ task ps "$1" | awk 'NR > 1 {print $1}'; }
+
+# Pids in the cgroup of a task's init process (for shims without Pids).
+cgroup_pids() {
+  local pid rel procs
+  pid=$(ctr_ task ls | awk -v id="$1" '$1 == id {print $2}')
+  [ -n "$pid" ] && [ "$pid" != 0 ] || return 0
+  if [ -d /sys/fs/cgroup/memory ]; then # v1: the memory hierarchy
+    rel=$(awk -F: '$2 ~ /(^|,)memory(,|$)/ {print $3; exit}' "/proc/$pid/cgroup")
+    procs=/sys/fs/cgroup/memory$rel/cgroup.procs
+  else # v2
+    rel=$(awk -F: '$1 == 0 {print $3; exit}' "/proc/$pid/cgroup")
+    procs=/sys/fs/cgroup$rel/cgroup.procs
+  fi
+  # A task left in the root cgroup would count every process on the host.
+  [ -n "$rel" ] && [ "$rel" != / ] && cat "$procs" 2>/dev/null || echo "$pid"
+}
+
+container_pids() { # id how(ps|cgroup)
+  if [ "$2" = cgroup ]; then cgroup_pids "$1"; else task_pids "$1"; fi
+}
 
 # Pids of shims started by this containerd (their argv names its socket).
 shim_pids() {
@@ -40,15 +74,19 @@ shim_pids() {
   done
 }
 
-measure() { # runtime image prefix shim-pattern args...
-  local runtime=$1 image=$2 prefix=$3 pattern=$4; shift 4
+measure() { # runtime image prefix shim-pattern group-annotation pids(ps|cgroup) args...
+  local runtime=$1 image=$2 prefix=$3 pattern=$4 group=$5 how=$6; shift 6
   local total=0 pid i
   for i in $(seq 1 "$n"); do
-    ctr_ run -d --runtime "$runtime" --annotation io.containerd.hybrid.v2.group="$prefix" "$image" "$prefix-$i" "$@" >/dev/null
+    ctr_ run -d --runtime "$runtime" --annotation "$group=$prefix" "$image" "$prefix-$i" "$@" >/dev/null
   done
   sleep 2
+  # sleep-wat sleeps 60 s: a task that has already exited would count as 0.
+  local running
+  running=$(ctr_ task ls | awk -v p="$prefix-" 'index($1, p) == 1 && $3 == "RUNNING"' | wc -l)
+  [ "$running" -eq "$n" ] || echo "density: warning: $runtime: only $running of $n tasks running when measured" >&2
   for i in $(seq 1 "$n"); do
-    for pid in $(task_pids "$prefix-$i"); do total=$((total + $(pss_kb "$pid"))); done
+    for pid in $(container_pids "$prefix-$i" "$how"); do total=$((total + $(pss_kb "$pid"))); done
   done
   local shims=0 count=0
   for pid in $(shim_pids "$pattern"); do shims=$((shims + $(pss_kb "$pid"))); count=$((count + 1)); done
@@ -60,13 +98,30 @@ measure() { # runtime image prefix shim-pattern args...
     ctr_ task rm "$prefix-$i" >/dev/null 2>&1 || true
     ctr_ container rm "$prefix-$i" >/dev/null 2>&1 || true
   done
+  # Let the shims exit, so that the next run of the same shim counts only its own.
+  for i in $(seq 1 20); do [ -z "$(shim_pids "$pattern")" ] && break; sleep 0.5; done
   echo "$total $shims $count"
 }
 
-read -r hw hs hc < <(measure io.containerd.hybrid.v2 docker.io/hybrid-examples/sleep-wat:latest hy containerd-shim-hybrid-v2)
-read -r rw rs rc < <(measure io.containerd.runc.v2 docker.io/hybrid-examples/busybox:latest rc containerd-shim-runc-v2 sleep 3600)
+hgroup=io.containerd.hybrid.v2.group
+read -r hw hs hc < <(measure io.containerd.hybrid.v2 docker.io/hybrid-examples/sleep-wat:latest hy containerd-shim-hybrid-v2 $hgroup ps)
+read -r rw rs rc < <(measure io.containerd.runc.v2 docker.io/hybrid-examples/busybox:latest rc containerd-shim-runc-v2 $hgroup ps sleep 3600)
+if [ -n "${RUNWASI_SHIM:-}" ]; then
+  # A shim each: the group annotation is one runwasi ignores.
+  read -r ww ws wc < <(measure io.containerd.wasmtime.v1 docker.io/hybrid-examples/sleep-wat:latest rw containerd-shim-wasmtime-v1 $hgroup cgroup)
+  # One shim for all: CRI's sandbox id, the only grouping runwasi knows.
+  read -r gw gs gc < <(measure io.containerd.wasmtime.v1 docker.io/hybrid-examples/sleep-wat:latest rg containerd-shim-wasmtime-v1 io.kubernetes.cri.sandbox-id cgroup)
+fi
 
 echo "idle containers: $n each"
 awk -v n="$n" -v w="$hw" -v s="$hs" -v c="$hc" 'BEGIN {printf "hybrid wasm (sleep-wat):  containers %6.0f KiB + %d shim(s) %6.0f KiB = %6.0f KiB per container\n", w, c, s, (w + s) / n}'
 awk -v n="$n" -v w="$rw" -v s="$rs" -v c="$rc" 'BEGIN {printf "runc busybox sleep:       containers %6.0f KiB + %d shim(s) %6.0f KiB = %6.0f KiB per container\n", w, c, s, (w + s) / n}'
+if [ -n "${RUNWASI_SHIM:-}" ]; then
+  awk -v n="$n" -v w="$ww" -v s="$ws" -v c="$wc" 'BEGIN {printf "runwasi wasm (sleep-wat): containers %6.0f KiB + %d shim(s) %6.0f KiB = %6.0f KiB per container\n", w, c, s, (w + s) / n}'
+  awk -v n="$n" -v w="$gw" -v s="$gs" -v c="$gc" 'BEGIN {printf "runwasi grouped (1 shim): containers %6.0f KiB + %d shim(s) %6.0f KiB = %6.0f KiB per container\n", w, c, s, (w + s) / n}'
+fi
 awk -v a="$hw" -v b="$hs" -v c="$rw" -v d="$rs" 'BEGIN {printf "ratio hybrid/runc per container: %.2f\n", (a + b) / (c + d)}'
+if [ -n "${RUNWASI_SHIM:-}" ]; then
+  awk -v a="$hw" -v b="$hs" -v c="$ww" -v d="$ws" 'BEGIN {printf "ratio hybrid/runwasi per container: %.2f\n", (a + b) / (c + d)}'
+  awk -v a="$hw" -v b="$hs" -v c="$gw" -v d="$gs" 'BEGIN {printf "ratio hybrid/runwasi-grouped per container: %.2f\n", (a + b) / (c + d)}'
+fi

@@ -205,5 +205,16 @@ fn run_wasm_in_container(
             return crate::http::serve(sandbox.engine(), &workload.entrypoint, component, &setup, http_port);
         }
     }
+    // wasmtime-wasi blocks on tokio for WASI calls that wait (a sleep, a
+    // read): on the runtime current here, else on a global one with a
+    // worker per core. One worker is all a single guest needs, and every
+    // extra thread costs this process a stack and a malloc arena.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .enable_io()
+        .build()
+        .map_err(|e| crate::wasm::WasmError::Engine(format!("cannot start the wasi runtime: {e}")))?;
+    let _entered = runtime.enter();
     sandbox.run(&workload.entrypoint, &module, workload.export.as_deref(), &setup)
 }
