@@ -152,7 +152,27 @@ fn remove_inside(root: &Path, rel: &str) -> io::Result<()> {
     }
 }
 
-/// Unpack one layer into `root`, applying whiteouts.
+/// Give an unpacked entry the owner its header names (RUN sees them; COPY
+/// --from sets its own). Headers without a valid owner leave root's.
+fn keep_owner<R: Read>(entry: &tar::Entry<'_, R>, path: &Path) -> io::Result<()> {
+    let header = entry.header();
+    let (Ok(uid), Ok(gid)) = (header.uid(), header.gid()) else { return Ok(()) };
+    let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else { return Ok(()) };
+    if (uid, gid) == (0, 0) || entry.header().entry_type().is_hard_link() {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    // chown clears set-uid and set-gid: put the mode back.
+    if !header.entry_type().is_symlink() {
+        if let Ok(mode) = header.mode() {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))?;
+        }
+    }
+    Ok(())
+}
+
+/// Unpack one layer into `root`, applying whiteouts (and keeping owners).
 pub fn unpack(layer: impl Read, root: &Path) -> io::Result<()> {
     let mut archive = tar::Archive::new(layer);
     archive.set_preserve_permissions(true);
@@ -178,7 +198,9 @@ pub fn unpack(layer: impl Read, root: &Path) -> io::Result<()> {
                     }
                 }
                 // unpack_in refuses `..` and paths through symlinks leaving root.
-                entry.unpack_in(root)?;
+                if entry.unpack_in(root)? {
+                    keep_owner(&entry, &root.join(&path))?;
+                }
             }
         }
     }
@@ -215,6 +237,28 @@ mod tests {
         assert!(dir.path().join("etc/passwd").is_file());
         assert!(!dir.path().join("etc/gone").exists());
         assert!(dir.path().join("d").is_dir() && !dir.path().join("d/f").exists());
+    }
+
+    #[test]
+    fn unpack_keeps_owners_and_setuid() {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: chown needs root");
+            return;
+        }
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o4755);
+        header.set_uid(1000);
+        header.set_gid(1001);
+        header.set_size(1);
+        builder.append_data(&mut header, "bin/tool", &b"x"[..]).unwrap();
+        let data = builder.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        unpack(&data[..], dir.path()).unwrap();
+        let meta = fs::metadata(dir.path().join("bin/tool")).unwrap();
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (1000, 1001, 0o4755));
     }
 
     #[test]

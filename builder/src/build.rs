@@ -1,6 +1,6 @@
 //! One build: the Dockerfile's instructions applied in order, stage by
 //! stage, each stage an [`ImageState`]; COPY/ADD (see [`crate::copystep`])
-//! write layers into a [`BlobStore`].
+//! and RUN (see [`crate::run`]) write layers into a [`BlobStore`].
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
@@ -75,6 +75,8 @@ pub enum StepError {
     NoUser { what: &'static str, name: String, file: &'static str },
     #[error("cannot create a directory for {0}")]
     Temp(String, #[source] io::Error),
+    #[error(transparent)]
+    Run(#[from] crate::run::RunError),
 }
 
 /// Connect to containerd on first use.
@@ -141,6 +143,10 @@ pub(crate) struct Session<'a> {
     /// Unpacked stages and images for `COPY --from`.
     pub rootfs: HashMap<String, tempfile::TempDir>,
     pub steps: Vec<StepReport>,
+    /// The unpacked filesystem RUN steps use as their lower layer.
+    pub run_lower: Option<crate::run::LowerDir>,
+    /// Where RUN output goes (set per step).
+    pub run_output: crate::progress::OutputSink,
 }
 
 impl<'a> Session<'a> {
@@ -164,6 +170,8 @@ impl<'a> Session<'a> {
             started: false,
             rootfs: HashMap::new(),
             steps: Vec::new(),
+            run_lower: None,
+            run_output: Default::default(),
         }
     }
 
@@ -205,6 +213,7 @@ impl<'a> Session<'a> {
             Kind::Arg(list) => return self.arg(list),
             Kind::Copy(args) => return self.copy(args, false, text).await,
             Kind::Add(args) => return self.copy(args, true, text).await,
+            Kind::Run(args) => return self.run(args, text).await,
             Kind::Workdir(raw) => {
                 let dir = self.expand(raw)?;
                 if dir.is_empty() {

@@ -1,5 +1,5 @@
 //! Dockerfile parser: parser directives (`# escape=`), comments, line
-//! continuations, heredocs (`COPY <<EOF /path`), and the instructions of
+//! continuations, heredocs (`COPY <<EOF /path`, `RUN <<EOF`), and the instructions of
 //! [`crate::instruction`]. Arguments are kept raw (see [`crate::words`]):
 //! variables are expanded at build time. Every error names the file, the
 //! line and the column (`Dockerfile:3:5: ...`).
@@ -8,7 +8,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
-pub use crate::instruction::{Command, CopyArgs, Healthcheck, Heredoc, Kind, SyntaxError, Words};
+pub use crate::instruction::{Command, CopyArgs, Healthcheck, Heredoc, Kind, Network, RunArgs, SyntaxError, Words};
 
 #[derive(Debug, Error)]
 pub enum ParseError {
@@ -191,7 +191,44 @@ fn logical_line(lines: &[&str], mut index: usize, escape: char) -> Option<Logica
     Some(Logical { text, segments, next: index })
 }
 
-/// For COPY/ADD with `<<NAME` words: the heredoc bodies that follow the
+/// A heredoc marker word (`<<EOF`, `<<-"EOF"`): (strip tabs, name, quoted).
+/// In RUN the shell's own syntax may follow the name (`<<EOF>/file`);
+/// COPY/ADD take the word whole.
+fn heredoc_marker(word: &str, run: bool) -> Option<(bool, &str, bool)> {
+    let marker = word.strip_prefix("<<")?;
+    if run && marker.starts_with('<') {
+        return None; // a here-string (<<<)
+    }
+    let (strip_tabs, marker) = match marker.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, marker),
+    };
+    let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.';
+    if run {
+        let quote = marker.chars().next().filter(|c| *c == '"' || *c == '\'');
+        let body = quote.map_or(marker, |q| &marker[q.len_utf8()..]);
+        let end = body.find(|c: char| !valid(c)).unwrap_or(body.len());
+        let closed = quote.is_none_or(|q| body[end..].starts_with(q));
+        let name = &body[..end];
+        return (closed && !name.chars().all(|c| c == '.')).then_some((strip_tabs, name, quote.is_some()));
+    }
+    let (name, quoted) = match marker.as_bytes().first() {
+        Some(b'"') | Some(b'\'') if marker.len() >= 2 && marker.ends_with(&marker[..1]) => {
+            (&marker[1..marker.len() - 1], true)
+        }
+        _ => (marker, false),
+    };
+    Some((strip_tabs, name, quoted))
+}
+
+/// Whether a RUN's command (after its flags) is in exec (JSON) form, which
+/// has no heredocs.
+fn run_exec_form(text: &str, words: &[(usize, String)]) -> bool {
+    let first = words.iter().skip(1).find(|(_, w)| !w.starts_with("--"));
+    first.is_some_and(|(at, _)| crate::instruction::json_array(text[*at..].trim()).is_some())
+}
+
+/// For COPY/ADD/RUN with `<<NAME` words: the heredoc bodies that follow the
 /// instruction, and the line after them. Errors carry the offset of the
 /// unterminated marker.
 fn read_heredocs(
@@ -201,23 +238,17 @@ fn read_heredocs(
     escape: char,
 ) -> Result<(Vec<Heredoc>, usize), (usize, SyntaxError)> {
     let keyword = logical.text.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
-    if keyword != "COPY" && keyword != "ADD" {
+    let run = keyword == "RUN";
+    if keyword != "COPY" && keyword != "ADD" && !run {
         return Ok((Vec::new(), index));
     }
     let words = crate::words::split_spans(&logical.text, escape).unwrap_or_default();
+    if run && run_exec_form(&logical.text, &words) {
+        return Ok((Vec::new(), index));
+    }
     let mut heredocs = Vec::new();
     for (offset, word) in words.iter().skip(1) {
-        let Some(marker) = word.strip_prefix("<<") else { continue };
-        let (strip_tabs, marker) = match marker.strip_prefix('-') {
-            Some(m) => (true, m),
-            None => (false, marker),
-        };
-        let (name, quoted) = match marker.as_bytes().first() {
-            Some(b'"') | Some(b'\'') if marker.len() >= 2 && marker.ends_with(&marker[..1]) => {
-                (&marker[1..marker.len() - 1], true)
-            }
-            _ => (marker, false),
-        };
+        let Some((strip_tabs, name, quoted)) = heredoc_marker(word, run) else { continue };
         let valid = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
         // The name becomes a file name: no empty, `.` or `..`.
         if !valid || name.chars().all(|c| c == '.') {

@@ -53,7 +53,7 @@ fn env_forms() {
 #[test]
 fn errors_name_file_line_and_column() {
     assert_eq!(error("FROM scratch\n\nFOO bar\n"), "Dockerfile:3:1: unknown instruction \"FOO\"");
-    assert_eq!(error("FROM scratch\n# c\n  RUN make\n"), "Dockerfile:3:3: RUN is not supported yet");
+    assert_eq!(error("FROM scratch\n# c\n  MAINTAINER me\n"), "Dockerfile:3:3: MAINTAINER is not supported yet");
     assert_eq!(error("FROM scratch\nCOPY \\\n  a \\\n  b\nBAR\n"), "Dockerfile:5:1: unknown instruction \"BAR\"");
     assert_eq!(
         error("FROM scratch\nCOPY \\\n  --chown=1 --bogus=1 a /b\n"),
@@ -110,6 +110,38 @@ fn heredocs() {
     assert_eq!(parsed[2].line, 7);
     assert!(error("FROM scratch\nCOPY <<.. /x\n..\n").contains("Dockerfile:2:6: invalid heredoc marker \"<<..\""));
     assert_eq!(error("FROM scratch\nCOPY <<EOF /x\nno end\n"), "Dockerfile:2:6: unterminated heredoc EOF (no line \"EOF\" after it)");
+}
+
+fn run(network: Network, command: Command, heredocs: Vec<Heredoc>) -> Kind {
+    Kind::Run(RunArgs { network, command, heredocs })
+}
+
+#[test]
+fn run_forms_flags_and_heredocs() {
+    let text = "FROM scratch\nRUN echo \"$A\" && \\\n  exit 0\nRUN [\"/t.wasm\", \"x\"]\nRUN --network=host wget x\n\
+                RUN <<EOF\nset -e\n  echo $B\nEOF\nRUN cat <<-'A' >/a && cat <<B>/b\n\tone\n\tA\ntwo\nB\nRUN cat <<<\"here\"\nCMD x\n";
+    let parsed = parse(text, "Dockerfile").unwrap().instructions;
+    let k: Vec<&Kind> = parsed.iter().map(|i| &i.kind).collect();
+    assert_eq!(*k[1], run(Network::None, Command::Shell("echo \"$A\" &&   exit 0".into()), vec![]));
+    assert_eq!(*k[2], run(Network::None, Command::Exec(vec!["/t.wasm".into(), "x".into()]), vec![]));
+    assert_eq!(*k[3], run(Network::Host, Command::Shell("wget x".into()), vec![]));
+    let doc = Heredoc { marker: "<<EOF".into(), name: "EOF".into(), content: "set -e\n  echo $B\n".into(), expand: true };
+    assert_eq!(*k[4], run(Network::None, Command::Shell("<<EOF".into()), vec![doc]));
+    let Kind::Run(two) = k[5] else { panic!("{:?}", k[5]) };
+    let names: Vec<(&str, &str, bool)> = two.heredocs.iter().map(|h| (h.name.as_str(), h.content.as_str(), h.expand)).collect();
+    assert_eq!(names, vec![("A", "one\n", false), ("B", "two\n", true)]);
+    assert_eq!(*k[6], run(Network::None, Command::Shell("cat <<<\"here\"".into()), vec![]), "a here-string is no heredoc");
+    assert_eq!(parsed[7].line, 16);
+
+    assert_eq!(error("FROM scratch\nRUN --mount=type=cache,target=/x make\n"), "Dockerfile:2:5: RUN flag --mount is not supported");
+    assert_eq!(error("FROM scratch\nRUN --security=insecure make\n"), "Dockerfile:2:5: RUN flag --security is not supported");
+    assert_eq!(
+        error("FROM scratch\nRUN --network=default make\n"),
+        "Dockerfile:2:5: RUN flag --network: invalid value \"default\" (want none or host)"
+    );
+    assert_eq!(error("FROM scratch\nRUN --network=none\n"), "Dockerfile:2:19: RUN requires a command");
+    assert_eq!(error("FROM scratch\nRUN []\n"), "Dockerfile:2:5: RUN requires a command");
+    assert_eq!(error("FROM scratch\nRUN <<EOF\nno end\n"), "Dockerfile:2:5: unterminated heredoc EOF (no line \"EOF\" after it)");
 }
 
 #[test]

@@ -265,6 +265,11 @@ impl ImageState {
         })
     }
 
+    /// The whole environment, `NAME=VALUE` in order.
+    pub fn env_list(&self) -> Vec<String> {
+        self.exec.env().clone().unwrap_or_default()
+    }
+
     pub fn set_env(&mut self, name: &str, value: &str) {
         let mut env = self.exec.env().clone().unwrap_or_default();
         let entry = format!("{name}={value}");

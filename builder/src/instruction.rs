@@ -16,6 +16,8 @@ pub enum SyntaxError {
     UnsupportedFlag(String, String),
     #[error("{0} flag {1} requires a value ({1}=VALUE)")]
     FlagValue(&'static str, String),
+    #[error("{0} flag {1}: invalid value {2:?} (want {3})")]
+    FlagChoice(&'static str, &'static str, String, &'static str),
     #[error("{0} requires {1}")]
     Arguments(&'static str, &'static str),
     #[error("the first instruction must be FROM, not {0}")]
@@ -98,6 +100,25 @@ impl Command {
     }
 }
 
+/// `RUN --network=`: `none` (a new, empty network namespace, the default)
+/// or `host` (the builder's network).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Network {
+    #[default]
+    None,
+    Host,
+}
+
+/// RUN: the command (exec form taken literally; shell form run by the
+/// image's SHELL, expanded by that shell, not by the builder) and the
+/// here-documents that follow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunArgs {
+    pub network: Network,
+    pub command: Command,
+    pub heredocs: Vec<Heredoc>,
+}
+
 /// HEALTHCHECK CMD: docker's `Healthcheck` config object (durations in
 /// nanoseconds; unset ones are left out).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +140,7 @@ pub enum Kind {
     Arg(Vec<(String, Option<String>)>),
     Copy(CopyArgs),
     Add(CopyArgs),
+    Run(RunArgs),
     Workdir(String),
     /// Raw NAME / VALUE pairs.
     Env(Vec<(String, String)>),
@@ -189,7 +211,8 @@ fn parse_kind(name: &str, rest: &str, escape: char, heredocs: Vec<Heredoc>) -> R
         "SHELL" => "SHELL",
         "HEALTHCHECK" => "HEALTHCHECK",
         "ONBUILD" => "ONBUILD",
-        "RUN" | "MAINTAINER" => return Err((At::Keyword, SyntaxError::Unsupported(upper))),
+        "RUN" => "RUN",
+        "MAINTAINER" => return Err((At::Keyword, SyntaxError::Unsupported(upper))),
         _ => return Err((At::Keyword, SyntaxError::UnknownInstruction(name.to_string()))),
     };
     if rest.is_empty() && !matches!(name, "CMD" | "ENTRYPOINT") {
@@ -206,6 +229,7 @@ fn parse_kind(name: &str, rest: &str, escape: char, heredocs: Vec<Heredoc>) -> R
                 Kind::Add(args)
             }
         }
+        "RUN" => Kind::Run(run_args(rest, escape, heredocs)?),
         "VOLUME" => Kind::Volume(at_rest(json_or_words(rest, escape))?),
         "WORKDIR" => Kind::Workdir(rest.to_string()),
         "USER" => Kind::User(rest.to_string()),
@@ -327,8 +351,40 @@ fn copy_args(name: &'static str, rest: &str, escape: char, heredocs: Vec<Heredoc
     Ok(args)
 }
 
+/// RUN's flags (`--network`; others are refused by name) and command.
+fn run_args(rest: &str, escape: char, heredocs: Vec<Heredoc>) -> Result<RunArgs, (At, SyntaxError)> {
+    let mut network = Network::None;
+    let mut after = 0;
+    if rest.starts_with("--") {
+        let spans = at_rest(words::split_spans(rest, escape))?;
+        let (flag_list, first) = flags("RUN", &spans)?;
+        for (at, flag, value) in flag_list {
+            match flag.as_str() {
+                "network" => {
+                    network = match value.as_str() {
+                        "none" => Network::None,
+                        "host" => Network::Host,
+                        _ => return Err((At::Rest(at), SyntaxError::FlagChoice("RUN", "--network", value, "none or host"))),
+                    }
+                }
+                _ => return Err((At::Rest(at), SyntaxError::UnsupportedFlag("RUN".into(), format!("--{flag}")))),
+            }
+        }
+        after = spans.get(first).map_or(rest.len(), |(at, _)| *at);
+    }
+    let command_text = rest[after..].trim();
+    if command_text.is_empty() {
+        return Err((At::Rest(after), SyntaxError::Arguments("RUN", "a command")));
+    }
+    let command = command(command_text);
+    if matches!(&command, Command::Exec(argv) if argv.is_empty()) {
+        return Err((At::Rest(after), SyntaxError::Arguments("RUN", "a command")));
+    }
+    Ok(RunArgs { network, command, heredocs })
+}
+
 /// A JSON array of strings, if `rest` is one.
-fn json_array(rest: &str) -> Option<Vec<String>> {
+pub(crate) fn json_array(rest: &str) -> Option<Vec<String>> {
     if rest.starts_with('[') {
         serde_json::from_str(rest).ok()
     } else {

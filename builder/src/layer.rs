@@ -309,29 +309,45 @@ impl LayerWriter {
 
     /// Write the layer as a blob into `blobs`.
     pub fn finish(&self, blobs: &BlobStore, mtime: u64, compression: Compression) -> Result<LayerBlob, LayerError> {
-        let writer = blobs.writer().map_err(LayerError::Write)?;
-        let (diff_id, writer) = match compression {
-            Compression::Gzip => {
-                // No file name, mtime 0 and a fixed OS byte: the same tar
-                // gives the same gzip bytes.
-                let gz = GzBuilder::new().mtime(0).operating_system(255).write(writer, flate2::Compression::default());
-                let (gz, diff_id, _) = self.write_tar(HashingWriter::new(gz), mtime)?.finish();
-                (diff_id, gz.finish().map_err(LayerError::Write)?)
-            }
-            Compression::Zstd => {
-                // Single-threaded, no content size in the header: deterministic.
-                let zst = zstd::stream::write::Encoder::new(writer, 3).map_err(LayerError::Write)?;
-                let (zst, diff_id, _) = self.write_tar(HashingWriter::new(zst), mtime)?.finish();
-                (diff_id, zst.finish().map_err(LayerError::Write)?)
-            }
-            Compression::None => {
-                let (writer, diff_id, _) = self.write_tar(HashingWriter::new(writer), mtime)?.finish();
-                (diff_id, writer)
-            }
-        };
-        let (digest, size) = writer.commit().map_err(LayerError::Write)?;
-        Ok(LayerBlob { digest, size, diff_id, media_type: compression.media_type().to_string() })
+        write_blob(blobs, compression, |out| self.write_tar(out, mtime).map(drop))
     }
+}
+
+/// Write a layer blob into `blobs`: `write_tar` writes the uncompressed tar
+/// stream (hashed for the diff_id) and this compresses it.
+pub fn write_blob(
+    blobs: &BlobStore,
+    compression: Compression,
+    write_tar: impl FnOnce(&mut dyn Write) -> Result<(), LayerError>,
+) -> Result<LayerBlob, LayerError> {
+    let writer = blobs.writer().map_err(LayerError::Write)?;
+    let (diff_id, writer) = match compression {
+        Compression::Gzip => {
+            // No file name, mtime 0 and a fixed OS byte: the same tar
+            // gives the same gzip bytes.
+            let gz = GzBuilder::new().mtime(0).operating_system(255).write(writer, flate2::Compression::default());
+            let mut hashing = HashingWriter::new(gz);
+            write_tar(&mut hashing)?;
+            let (gz, diff_id, _) = hashing.finish();
+            (diff_id, gz.finish().map_err(LayerError::Write)?)
+        }
+        Compression::Zstd => {
+            // Single-threaded, no content size in the header: deterministic.
+            let zst = zstd::stream::write::Encoder::new(writer, 3).map_err(LayerError::Write)?;
+            let mut hashing = HashingWriter::new(zst);
+            write_tar(&mut hashing)?;
+            let (zst, diff_id, _) = hashing.finish();
+            (diff_id, zst.finish().map_err(LayerError::Write)?)
+        }
+        Compression::None => {
+            let mut hashing = HashingWriter::new(writer);
+            write_tar(&mut hashing)?;
+            let (writer, diff_id, _) = hashing.finish();
+            (diff_id, writer)
+        }
+    };
+    let (digest, size) = writer.commit().map_err(LayerError::Write)?;
+    Ok(LayerBlob { digest, size, diff_id, media_type: compression.media_type().to_string() })
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //!
 //! [`build`] parses a Dockerfile ([`dockerfile`], [`instruction`]): ARGs,
 //! stages (`FROM ... AS name`), and turns each COPY/ADD into one
-//! reproducible layer ([`layer`], [`copy`]), reused from the build cache
+//! reproducible layer ([`layer`], [`copy`]) and each RUN into the layer its
+//! container wrote ([`overlay_diff`]), reused from the build cache
 //! ([`cache`]) when its inputs did not change; then it writes the OCI
 //! config and manifest of the last (or `--target`) stage ([`image`]), and
 //! outputs an OCI image archive or layout ([`archive`]) and/or loads the
@@ -23,9 +24,13 @@ pub mod ignore;
 pub mod image;
 pub mod instruction;
 pub mod layer;
+pub mod overlay_diff;
 pub mod owner;
 pub mod progress;
 pub mod reference;
+mod run;
+mod run_container;
+pub mod run_helper;
 pub mod words;
 
 use std::path::{Path, PathBuf};
@@ -389,6 +394,7 @@ async fn run_step(
     total: usize,
 ) -> Result<(), BuildError> {
     let layers_before = session.steps.len();
+    session.run_output = progress.output(n, total);
     let bar = progress.step(n, total, &short(&instruction.text));
     let result = session.step(instruction).await.map_err(|source| BuildError::Step {
         file: file.to_string(),

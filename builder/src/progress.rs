@@ -47,7 +47,35 @@ impl StepBar {
     }
 }
 
+/// Where the output of a RUN step goes: above the bars (terminal), as
+/// plain lines prefixed with the step, or (progress off) to the debug log.
+#[derive(Clone, Default)]
+pub struct OutputSink {
+    bars: Option<MultiProgress>,
+    plain: bool,
+    prefix: String,
+}
+
+impl OutputSink {
+    pub fn line(&self, line: &str) {
+        match &self.bars {
+            Some(multi) => {
+                if multi.println(format!("{} | {line}", self.prefix)).is_err() {
+                    eprintln!("{} | {line}", self.prefix);
+                }
+            }
+            None if self.plain => eprintln!("{} | {line}", self.prefix),
+            None => tracing::debug!("{} | {line}", self.prefix),
+        }
+    }
+}
+
 impl Progress {
+    /// The sink for the output of step `n` of `total`.
+    pub fn output(&self, n: usize, total: usize) -> OutputSink {
+        OutputSink { bars: self.bars.clone(), plain: self.plain, prefix: format!("#{n}/{total}") }
+    }
+
     pub fn new(enabled: bool) -> Progress {
         let terminal = std::io::stderr().is_terminal();
         Progress {

@@ -133,7 +133,6 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -142,6 +141,12 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hybrid_builder=info,hybrid=info,libcgroups=error")),
         )
         .init();
+    // `hybrid build` makes its RUN containers from a fresh copy of this
+    // program (single-threaded, no async runtime): this is that copy.
+    if let Some(code) = hybrid_builder::run_helper::main_hook() {
+        return code;
+    }
+    let cli = Cli::parse();
     let command = match cli.command {
         // Synchronous, and the module's exit status is ours.
         Command::Wasm(command) => match wasm::main(command) {

@@ -1,0 +1,198 @@
+//! `hybrid build`'s RUN: steps run in containers made by hybrid's runtime
+//! on the busybox example image, their changes (new files, deletions of
+//! base and earlier-step files, a directory replaced, modes and owners) seen
+//! by a container of the built image through the hybrid shim; a failing
+//! step; the build cache; and a wasm RUN going through the wasm executor.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use hybrid_tests::*;
+
+/// `hybrid build --load` of `context` as `docker.io/hybrid-tests/NAME:latest`,
+/// with the build cache in `cache` (or none): its output, unchecked.
+fn hybrid_build(name: &str, context: &Path, cache: Option<&Path>) -> Output {
+    hybrid_build_pid(name, context, cache).0
+}
+
+/// The same, and the pid the build ran as.
+fn hybrid_build_pid(name: &str, context: &Path, cache: Option<&Path>) -> (Output, u32) {
+    let env = env();
+    let tag = format!("hybrid-tests/{name}:latest");
+    let mut cmd = Command::new(hybrid_bin());
+    cmd.args(["build", "-t", &tag, "--load", "--address", &env.address]).arg(context);
+    match cache {
+        Some(dir) => cmd.env("HYBRID_CACHE_DIR", dir),
+        None => cmd.arg("--no-cache"),
+    };
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("run hybrid build");
+    let pid = child.id();
+    (child.wait_with_output().expect("hybrid build output"), pid)
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn context(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (path, content) in files {
+        std::fs::write(dir.path().join(path), content).expect("write context file");
+    }
+    dir
+}
+
+const CHANGES: &str = r#"FROM docker.io/hybrid-examples/busybox:latest
+ARG WHO=builder
+ENV GREETING=hello
+RUN mkdir -p /etc/app/conf.d && echo a > /etc/app/conf.d/a && echo b > /etc/app/conf.d/b \
+ && echo gone > /etc/app/gone && echo keep > /etc/app/keep && echo m > /etc/app/mode
+RUN rm /etc/app/gone /bin/ed && rm -rf /etc/app/conf.d && mkdir /etc/app/conf.d \
+ && echo c > /etc/app/conf.d/c && chmod 0640 /etc/app/mode && chown nobody:nogroup /etc/app/keep
+WORKDIR /work
+RUN <<EOF
+echo "$GREETING $WHO" > greeting
+ln greeting greeting.link
+EOF
+USER nobody
+RUN id -u > /tmp/uid
+"#;
+
+#[test]
+fn run_changes_show_in_the_image() {
+    let env = env();
+    let ctx = context(&[("Dockerfile", CHANGES.as_bytes())]);
+    let out = hybrid_build("run-changes", ctx.path(), None);
+    assert!(out.status.success(), "{}", show(&out));
+    let image = "docker.io/hybrid-tests/run-changes:latest";
+    let check = r#"
+        set -e
+        test ! -e /etc/app/gone && echo "gone: removed"
+        test ! -e /bin/ed && echo "ed: removed from the base"
+        ls /etc/app/conf.d | tr '\n' ' '; echo
+        cat /etc/app/conf.d/c
+        stat -c 'mode %a' /etc/app/mode
+        stat -c 'keep %u:%g' /etc/app/keep
+        cat /work/greeting
+        stat -c 'links %h' /work/greeting.link
+        cat /tmp/uid
+        test ! -e /etc/hosts && echo "no mount stubs"
+        test -x /bin/busybox && echo "base intact"
+    "#;
+    let ran = env.run(HYBRID_RUNTIME, image, &unique_id("run-changes"), &["sh", "-c", check]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let expected = [
+        "gone: removed",
+        "ed: removed from the base",
+        "c \n",
+        "c\nmode 640",
+        "keep 65534:65534",
+        "hello builder",
+        "links 2",
+        "65534",
+        "no mount stubs",
+        "base intact",
+    ];
+    for line in expected {
+        assert!(ran.stdout.contains(line), "missing {line:?}: {ran:?}");
+    }
+}
+
+#[test]
+fn failing_run_names_the_line_and_the_exit_code() {
+    env();
+    let dockerfile = "FROM docker.io/hybrid-examples/busybox:latest\nRUN true\nRUN echo before-the-failure; exit 3\n";
+    let ctx = context(&[("Dockerfile", dockerfile.as_bytes())]);
+    let (out, pid) = hybrid_build_pid("run-fails", ctx.path(), None);
+    assert!(!out.status.success(), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    assert!(error.contains("Dockerfile:3:1: RUN echo before-the-failure; exit 3"), "{}", show(&out));
+    assert!(error.contains("exited with code 3"), "{}", show(&out));
+    assert!(stderr.contains("  | before-the-failure"), "the last lines of output: {}", show(&out));
+    // Nothing left behind: the two RUN containers' state and cgroups are gone.
+    for n in 0..2 {
+        let id = format!("hybrid-build-{pid}-{n}");
+        assert!(!Path::new("/run/hybrid-build").join(&id).exists(), "state of {id} left");
+        assert!(cgroups_named(&id).is_empty(), "cgroups of {id} left: {:?}", cgroups_named(&id));
+    }
+}
+
+#[test]
+fn unchanged_rebuild_comes_from_the_cache() {
+    let env = env();
+    let cache = tempfile::tempdir().expect("cache dir");
+    let dockerfile = "FROM docker.io/hybrid-examples/busybox:latest\nRUN date +%s%N > /stamp\nRUN cat /stamp\n";
+    let ctx = context(&[("Dockerfile", dockerfile.as_bytes())]);
+    let first = hybrid_build("run-cache", ctx.path(), Some(cache.path()));
+    assert!(first.status.success(), "{}", show(&first));
+    let first_err = String::from_utf8_lossy(&first.stderr);
+    assert!(!first_err.contains("CACHED"), "{}", show(&first));
+    let second = hybrid_build("run-cache", ctx.path(), Some(cache.path()));
+    assert!(second.status.success(), "{}", show(&second));
+    let second_err = String::from_utf8_lossy(&second.stderr);
+    for step in ["RUN date +%s%N > /stamp CACHED", "RUN cat /stamp CACHED"] {
+        assert!(second_err.contains(step), "{step:?}: {}", show(&second));
+    }
+    assert!(!second_err.contains(" | "), "a cached RUN runs nothing: {}", show(&second));
+    assert_eq!(first.stdout, second.stdout, "same image digest");
+    // The stamp the first build printed is the one in the image.
+    let printed = first_err.lines().find_map(|l| l.split_once("| ").map(|(_, s)| s.trim().to_string())).unwrap_or_default();
+    let ran = env.run(HYBRID_RUNTIME, "docker.io/hybrid-tests/run-cache:latest", &unique_id("stamp"), &["cat", "/stamp"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(ran.stdout.trim(), printed, "{ran:?}");
+}
+
+/// A WASI module that prints a line and writes it to /wasm-made.txt.
+const HELLO_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "wasm-made.txt")
+  (data (i32.const 64) "written by wasm\n")
+  (func (export "_start")
+    (local $err i32)
+    (i32.store (i32.const 32) (i32.const 64))
+    (i32.store (i32.const 36) (i32.const 16))
+    (drop (call $fd_write (i32.const 1) (i32.const 32) (i32.const 1) (i32.const 40)))
+    ;; fd 3 is the preopened "/"; oflags O_CREAT|O_TRUNC
+    (local.set $err (call $path_open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const 13)
+      (i32.const 9) (i64.const 0x1fffffff) (i64.const 0x1fffffff) (i32.const 0) (i32.const 8)))
+    (if (local.get $err) (then (call $proc_exit (i32.add (i32.const 10) (local.get $err)))))
+    (drop (call $fd_write (i32.load (i32.const 8)) (i32.const 32) (i32.const 1) (i32.const 40)))))
+"#;
+
+#[test]
+fn wasm_run_goes_through_the_wasm_executor() {
+    let env = env();
+    let ctx = context(&[("hello.wat", HELLO_WAT.as_bytes())]);
+    // The binary module when wabt is there (scripts/install-deps.sh installs
+    // it); else the text module, which the runtime also takes for wasm.
+    let compiled = Command::new("wat2wasm")
+        .arg(ctx.path().join("hello.wat"))
+        .arg("-o")
+        .arg(ctx.path().join("hello.wasm"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !compiled {
+        std::fs::copy(ctx.path().join("hello.wat"), ctx.path().join("hello.wasm")).expect("copy module");
+    }
+    let dockerfile = "FROM docker.io/hybrid-examples/busybox:latest\nCOPY hello.wasm /hello.wasm\nRUN [\"/hello.wasm\"]\n";
+    std::fs::write(ctx.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
+    let out = hybrid_build("run-wasm", ctx.path(), None);
+    assert!(out.status.success(), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("| written by wasm"), "the module's stdout: {}", show(&out));
+    assert!(stderr.contains("wasm module precompiled"), "the wasm executor ran it: {}", show(&out));
+    let ran = env.run(HYBRID_RUNTIME, "docker.io/hybrid-tests/run-wasm:latest", &unique_id("run-wasm"), &["cat", "/wasm-made.txt"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(ran.stdout, "written by wasm\n", "{ran:?}");
+}
