@@ -162,12 +162,14 @@ impl HybridContainer {
             let stdio = config.stdio.open_for(&owner)?;
             builder = builder.with_stdin(stdio.stdin).with_stdout(stdio.stdout).with_stderr(stdio.stderr);
         }
+        let clone_guard = crate::fork_guard::for_clone();
         let mut inner = builder
             .as_init(&config.bundle)
             .with_systemd(false)
             .with_detach(true)
             .build()
             .map_err(lc("create"))?;
+        drop(clone_guard);
         drop(oom_write);
         let console = match console_socket {
             Some(socket) => match socket.receive_master().and_then(|m| Console::start(m, &config.stdio, &id)) {

@@ -82,7 +82,9 @@ impl HybridContainer {
             let stdio = exec.stdio.open_for(&self.log_owner())?;
             builder = builder.with_stdin(stdio.stdin).with_stdout(stdio.stdout).with_stderr(stdio.stderr);
         }
+        let clone_guard = crate::fork_guard::for_clone();
         let pid = builder.as_tenant().with_process(Some(&exec.process_file)).with_detach(true).build().map_err(lc)?;
+        drop(clone_guard);
         let console = match console_socket {
             // The process runs already; if its terminal cannot be had, it is
             // killed rather than left without stdio.

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod logdriver;
 pub mod oneshot;
 pub mod executor;
+pub mod fork_guard;
 pub mod http;
 pub mod preopens;
 pub mod stdio;

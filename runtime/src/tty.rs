@@ -207,7 +207,7 @@ impl Console {
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) {
-    if let Err(e) = std::thread::Builder::new().name(name.clone()).spawn(f) {
+    if let Err(e) = crate::fork_guard::spawn(name.clone(), f) {
         tracing::warn!("cannot start {name}: {e}");
     }
 }

@@ -90,7 +90,7 @@ fn create_container(req: &api::CreateTaskRequest, namespace: &str) -> Result<Hyb
 /// the process is gone): publish TaskOOM, as for a cgroup OOM kill.
 fn watch_oom(id: String, mut pipe: std::fs::File, events: EventSender) {
     use std::io::Read;
-    let spawned = std::thread::Builder::new().name(format!("oom-{id}")).spawn(move || {
+    let spawned = hybrid_runtime::fork_guard::spawn(format!("oom-{id}"), move || {
         let mut byte = [0u8; 1];
         if matches!(pipe.read(&mut byte), Ok(1)) {
             tracing::warn!(id = %id, "wasm guest ran out of memory");

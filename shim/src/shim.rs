@@ -136,10 +136,30 @@ fn init_logging(debug: bool) {
         .open("log");
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
     let result = match fifo {
-        Ok(file) => builder.with_writer(std::sync::Mutex::new(file)).try_init(),
+        // No mutex around the fifo: a container's processes are clones of
+        // this one, and a lock held by another thread while one is cloned
+        // would stay held in the clone, hanging its first log line. Each
+        // event is formatted first and written in one go.
+        Ok(file) => {
+            let file = std::sync::Arc::new(file);
+            builder.with_writer(move || LogFifo(file.clone())).try_init()
+        }
         Err(_) => builder.with_writer(std::io::stderr).try_init(),
     };
     if let Err(e) = result {
         eprintln!("cannot set up logging: {e}");
+    }
+}
+
+/// The log fifo, written without a lock (see `init_logging`).
+struct LogFifo(std::sync::Arc<std::fs::File>);
+
+impl std::io::Write for LogFifo {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

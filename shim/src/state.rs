@@ -97,7 +97,7 @@ pub fn spawn_exit_watcher(state: Shared, events: EventSender) {
             return;
         }
     };
-    let spawned = std::thread::Builder::new().name("exits".into()).spawn(move || {
+    let spawned = hybrid_runtime::fork_guard::spawn("exits".into(), move || {
         for ExitEvent { subject, exit_code } in subscription.rx.iter() {
             let Subject::Pid(pid) = subject else { continue };
             let (lock, cvar) = &*state;
