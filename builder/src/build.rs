@@ -19,6 +19,7 @@ use crate::ignore::Ignore;
 use crate::image::{is_index, parse_json, rfc3339, select_platform, ImageError, ImageState};
 use crate::layer::{clean_image_path, LayerError};
 use crate::owner::OwnerError;
+use crate::platform::{Platform, PlatformError};
 use crate::reference::{self, ReferenceError};
 use crate::words::{self, WordError};
 use crate::{BuildOptions, ContainerdOptions, StepReport};
@@ -77,6 +78,10 @@ pub enum StepError {
     Temp(String, #[source] io::Error),
     #[error(transparent)]
     Run(#[from] crate::run::RunError),
+    #[error("FROM --platform: {0}")]
+    Platform(#[from] PlatformError),
+    #[error("RUN on platform {0} needs an emulator, not supported")]
+    Emulator(String),
 }
 
 /// Connect to containerd on first use.
@@ -106,19 +111,22 @@ pub(crate) struct Stage {
     pub args: HashMap<String, String>,
     /// Build cache key of the last layer (or the base).
     pub cache_key: String,
+    /// The platform this stage is built for.
+    pub platform: Platform,
 }
 
 impl Stage {
-    fn scratch(created: String, settings: &str) -> Stage {
+    fn scratch(created: String, settings: &str, platform: &Platform) -> Stage {
         Stage {
             name: None,
-            image: ImageState::scratch(created),
+            image: ImageState::scratch(created, platform),
             scratch: true,
             base_layers: Vec::new(),
             base_dirs: None,
             built_dirs: BTreeSet::new(),
             args: HashMap::new(),
-            cache_key: chain_key(settings, &["scratch"]),
+            cache_key: chain_key(settings, &["scratch", &platform.to_string()]),
+            platform: platform.clone(),
         }
     }
 }
@@ -162,9 +170,9 @@ impl<'a> Session<'a> {
             mtime,
             escape,
             cache,
-            stage: Stage::scratch(rfc3339(mtime), &settings_key),
+            stage: Stage::scratch(rfc3339(mtime), &settings_key, &options.platform),
             settings_key,
-            global_args: HashMap::new(),
+            global_args: platform_args(&options.platform),
             declared_args: HashSet::new(),
             stages: Vec::new(),
             started: false,
@@ -209,7 +217,7 @@ impl<'a> Session<'a> {
     pub async fn step(&mut self, instruction: &Instruction) -> Result<(), StepError> {
         let text = instruction.text.as_str();
         match &instruction.kind {
-            Kind::From { image, name } => return self.from(image, name.clone()).await,
+            Kind::From { image, name, platform } => return self.from(image, name.clone(), platform.as_deref()).await,
             Kind::Arg(list) => return self.arg(list),
             Kind::Copy(args) => return self.copy(args, false, text).await,
             Kind::Add(args) => return self.copy(args, true, text).await,
@@ -308,11 +316,11 @@ impl<'a> Session<'a> {
     /// right) but not built, like buildkit does.
     pub fn skip_stage(&mut self, name: Option<String>, args: &[String]) {
         if self.started {
-            let done = std::mem::replace(&mut self.stage, Stage::scratch(rfc3339(self.mtime), &self.settings_key));
+            let done = std::mem::replace(&mut self.stage, Stage::scratch(rfc3339(self.mtime), &self.settings_key, &self.options.platform));
             self.stages.push(done);
         }
         self.started = true;
-        self.stage = Stage::scratch(rfc3339(self.mtime), &self.settings_key);
+        self.stage = Stage::scratch(rfc3339(self.mtime), &self.settings_key, &self.options.platform);
         self.stage.name = name;
         self.declared_args.extend(args.iter().cloned());
     }
@@ -326,13 +334,17 @@ impl<'a> Session<'a> {
             .or_else(|| name.parse::<usize>().ok().filter(|i| *i < self.stages.len()))
     }
 
-    async fn from(&mut self, raw: &str, name: Option<String>) -> Result<(), StepError> {
+    async fn from(&mut self, raw: &str, name: Option<String>, platform: Option<&str>) -> Result<(), StepError> {
         let image = words::expand(raw, self.escape, &|n| self.global_args.get(n).cloned())?;
         if image.is_empty() {
             return Err(StepError::Empty("FROM"));
         }
+        let platform = match platform {
+            Some(raw) => Platform::parse(&words::expand(raw, self.escape, &|n| self.global_args.get(n).cloned())?)?,
+            None => self.options.platform.clone(),
+        };
         if self.started {
-            let done = std::mem::replace(&mut self.stage, Stage::scratch(rfc3339(self.mtime), &self.settings_key));
+            let done = std::mem::replace(&mut self.stage, Stage::scratch(rfc3339(self.mtime), &self.settings_key, &self.options.platform));
             self.stages.push(done);
         }
         self.started = true;
@@ -345,7 +357,7 @@ impl<'a> Session<'a> {
                 stage.image.base_triggers.clear();
                 stage
             }
-            None => self.base_stage(&image).await?,
+            None => self.base_stage(&image, &platform).await?,
         };
         stage.name = name;
         stage.args.clear();
@@ -354,17 +366,22 @@ impl<'a> Session<'a> {
     }
 
     /// A fresh stage on the image `image` (`scratch`, `oci-archive:PATH` or
-    /// a containerd image).
-    pub async fn base_stage(&mut self, image: &str) -> Result<Stage, StepError> {
+    /// a containerd image) for `platform`.
+    pub async fn base_stage(&mut self, image: &str, platform: &Platform) -> Result<Stage, StepError> {
         let created = rfc3339(self.mtime);
         if image == "scratch" {
-            return Ok(Stage::scratch(created, &self.settings_key));
+            return Ok(Stage::scratch(created, &self.settings_key, platform));
         }
         let (manifest, config, raw, digest) = match image.strip_prefix("oci-archive:") {
-            Some(path) => self.base_from_archive(path)?,
-            None => self.base_from_containerd(image).await?,
+            Some(path) => self.base_from_archive(path, platform)?,
+            None => self.base_from_containerd(image, platform).await?,
         };
-        let state = ImageState::from_base(config, &raw, &manifest, created);
+        let mut state = ImageState::from_base(config, &raw, &manifest, created);
+        let base_platform = state.platform();
+        if !Platform::parse(&base_platform).is_ok_and(|p| p.matches(platform)) {
+            tracing::warn!("base image {image} is {base_platform}, not {platform}; the image says {platform}");
+        }
+        state.set_platform(platform);
         Ok(Stage {
             name: None,
             base_layers: state.layers().to_vec(),
@@ -373,7 +390,8 @@ impl<'a> Session<'a> {
             base_dirs: None,
             built_dirs: BTreeSet::new(),
             args: HashMap::new(),
-            cache_key: chain_key(&self.settings_key, &["base", &digest]),
+            cache_key: chain_key(&self.settings_key, &["base", &digest, &platform.to_string()]),
+            platform: platform.clone(),
         })
     }
 
@@ -384,7 +402,7 @@ impl<'a> Session<'a> {
     /// The archive path: absolute, relative to the context, or else to the
     /// current directory. Returns manifest, config, raw config and the
     /// manifest digest.
-    fn base_from_archive(&mut self, path: &str) -> Result<(ImageManifest, ImageConfiguration, Vec<u8>, String), StepError> {
+    fn base_from_archive(&mut self, path: &str, platform: &Platform) -> Result<(ImageManifest, ImageConfiguration, Vec<u8>, String), StepError> {
         let in_context = self.context.join(path);
         let path = [in_context, PathBuf::from(path)]
             .into_iter()
@@ -392,15 +410,14 @@ impl<'a> Session<'a> {
             .ok_or_else(|| StepError::BaseArchive(path.to_string()))?;
         let index = archive::read(&path, &self.blobs)?;
         let shown = path.display().to_string();
-        let mut target = match index.manifests().as_slice() {
-            [] => return Err(StepError::EmptyArchive(shown)),
-            [only] => only.clone(),
-            _ => select_platform(&index, &shown)?.clone(),
-        };
+        if index.manifests().is_empty() {
+            return Err(StepError::EmptyArchive(shown));
+        }
+        let mut target = select_platform(&index, &format!("OCI archive {shown}"), platform)?.clone();
         if is_index(target.media_type()) {
             let digest = target.digest().to_string();
             let nested: ImageIndex = parse_json("index", &digest, &self.local_blob(&digest)?)?;
-            target = select_platform(&nested, &digest)?.clone();
+            target = select_platform(&nested, &format!("OCI archive {shown}"), platform)?.clone();
         }
         let digest = target.digest().to_string();
         let manifest: ImageManifest = parse_json("manifest", &digest, &self.local_blob(&digest)?)?;
@@ -410,14 +427,14 @@ impl<'a> Session<'a> {
         Ok((manifest, config, raw, digest))
     }
 
-    async fn base_from_containerd(&mut self, image: &str) -> Result<(ImageManifest, ImageConfiguration, Vec<u8>, String), StepError> {
+    async fn base_from_containerd(&mut self, image: &str, platform: &Platform) -> Result<(ImageManifest, ImageConfiguration, Vec<u8>, String), StepError> {
         let name = reference::normalize(image)?;
         let store = connect(&mut self.store, &self.options.containerd).await?;
         let mut target = store.get_image(&name).await?;
         if is_index(target.media_type()) {
             let digest = target.digest().to_string();
             let index: ImageIndex = parse_json("index", &digest, &store.read(&digest, &self.blobs).await?)?;
-            target = select_platform(&index, &digest)?.clone();
+            target = select_platform(&index, &format!("image {name}"), platform)?.clone();
         }
         let digest = target.digest().to_string();
         let manifest: ImageManifest = parse_json("manifest", &digest, &store.read(&digest, &self.blobs).await?)?;
@@ -475,6 +492,24 @@ impl<'a> Session<'a> {
         }
         Ok(())
     }
+}
+
+/// The automatic platform ARGs (global: a stage sees them after `ARG
+/// NAME`), as docker sets them.
+fn platform_args(target: &Platform) -> HashMap<String, String> {
+    let host = Platform::host();
+    let mut args = HashMap::from([
+        ("BUILDPLATFORM".to_string(), host.to_string()),
+        ("BUILDOS".to_string(), host.os.clone()),
+        ("BUILDARCH".to_string(), host.arch.clone()),
+        ("TARGETPLATFORM".to_string(), target.to_string()),
+        ("TARGETOS".to_string(), target.os.clone()),
+        ("TARGETARCH".to_string(), target.arch.clone()),
+    ]);
+    if let Some(variant) = &target.variant {
+        args.insert("TARGETVARIANT".to_string(), variant.clone());
+    }
+    args
 }
 
 /// `80` → `80/tcp`; `53/UDP` → `53/udp`; ranges `8000-8010/tcp`.

@@ -78,7 +78,10 @@ impl Session<'_> {
         }
         let layers = match index {
             Some(i) => self.stages[i].image.layers().to_vec(),
-            None => self.base_stage(from).await?.image.layers().to_vec(),
+            None => {
+                let platform = self.stage.platform.clone();
+                self.base_stage(from, &platform).await?.image.layers().to_vec()
+            }
         };
         let temp_err = |e| StepError::Temp(format!("COPY --from={from}"), e);
         let dir = tempfile::Builder::new().prefix("rootfs-").tempdir_in(self.blobs.root()).map_err(temp_err)?;

@@ -86,10 +86,20 @@ fn escape_directive() {
 }
 
 #[test]
+fn from_platform_flag() {
+    let k = kinds("FROM --platform=linux/arm64 alpine AS a\nFROM --platform=$P scratch\n");
+    let platform = |p: &str| Some(p.to_string());
+    assert_eq!(k[0], Kind::From { image: "alpine".into(), name: Some("a".into()), platform: platform("linux/arm64") });
+    assert_eq!(k[1], Kind::From { image: "scratch".into(), name: None, platform: platform("$P") });
+    assert_eq!(error("FROM --pull=always scratch\n"), "Dockerfile:1:6: FROM flag --pull is not supported");
+    assert_eq!(error("FROM --platform= scratch\n"), "Dockerfile:1:6: FROM flag --platform requires a value (--platform=VALUE)");
+}
+
+#[test]
 fn args_and_stages() {
     let k = kinds("ARG BASE=scratch V\nFROM $BASE AS Build\nARG X=${V:-1}\nCOPY --from=build --chown=1:2 --chmod=0755 a b /c/\n");
     assert_eq!(k[0], Kind::Arg(vec![("BASE".into(), Some("scratch".into())), ("V".into(), None)]));
-    assert_eq!(k[1], Kind::From { image: "$BASE".into(), name: Some("build".into()) });
+    assert_eq!(k[1], Kind::From { image: "$BASE".into(), name: Some("build".into()), platform: None });
     assert_eq!(k[2], Kind::Arg(vec![("X".into(), Some("${V:-1}".into()))]));
     let mut args = copy(&["a", "b", "/c/"]);
     args.from = Some("build".into());

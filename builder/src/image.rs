@@ -6,12 +6,13 @@ use std::collections::HashMap;
 
 use oci_spec::image::{
     Arch, Config, Descriptor, Digest, History, ImageConfiguration, ImageIndex, ImageManifest, ImageManifestBuilder,
-    MediaType, Os,
+    MediaType,
 };
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::blobs::BlobStore;
+use crate::platform::Platform;
 
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -37,8 +38,8 @@ pub enum ImageError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("no {os}/{arch} manifest in image index {digest}")]
-    NoPlatform { digest: String, os: String, arch: String },
+    #[error("{image} has no manifest for platform {platform}")]
+    NoPlatform { image: String, platform: String },
     #[error("cannot store the image {what}")]
     Store {
         what: &'static str,
@@ -105,20 +106,14 @@ pub fn is_manifest(media_type: &MediaType) -> bool {
         || matches!(media_type, MediaType::Other(m) if m == MEDIA_TYPE_DOCKER_MANIFEST)
 }
 
-/// The manifest for this host's platform in `index` (or its only entry).
-pub fn select_platform<'a>(index: &'a ImageIndex, index_digest: &str) -> Result<&'a Descriptor, ImageError> {
-    let arch = host_arch();
-    let found = index.manifests().iter().find(|d| {
-        d.platform().as_ref().is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == arch)
-    });
+/// The manifest for `platform` in `index` (or its only entry, when that
+/// names no platform); `image` names the image for the error.
+pub fn select_platform<'a>(index: &'a ImageIndex, image: &str, platform: &Platform) -> Result<&'a Descriptor, ImageError> {
+    let found = index.manifests().iter().find(|d| d.platform().as_ref().is_some_and(|p| platform.matches_oci(p)));
     match (found, index.manifests().as_slice()) {
         (Some(d), _) => Ok(d),
         (None, [only]) if only.platform().is_none() => Ok(only),
-        _ => Err(ImageError::NoPlatform {
-            digest: index_digest.to_string(),
-            os: "linux".into(),
-            arch: arch.to_string(),
-        }),
+        _ => Err(ImageError::NoPlatform { image: image.to_string(), platform: platform.to_string() }),
     }
 }
 
@@ -155,11 +150,12 @@ pub struct ImageState {
 }
 
 impl ImageState {
-    /// FROM scratch: host architecture, linux, the default PATH.
-    pub fn scratch(created: String) -> ImageState {
+    /// FROM scratch: the build platform, the default PATH.
+    pub fn scratch(created: String, platform: &Platform) -> ImageState {
         let mut config = ImageConfiguration::default();
-        config.set_architecture(host_arch());
-        config.set_os(Os::Linux);
+        config.set_architecture(platform.oci_arch());
+        config.set_os(platform.oci_os());
+        config.set_variant(platform.variant.clone());
         let mut exec = Config::default();
         exec.set_env(Some(vec![DEFAULT_PATH.to_string()]));
         ImageState {
@@ -205,6 +201,22 @@ impl ImageState {
             })
             .collect();
         ImageState { config, extras, base_triggers, exec, layers, created, cmd_set: false }
+    }
+
+    /// The platform in the config (os/architecture/variant).
+    pub fn platform(&self) -> String {
+        let mut text = format!("{}/{}", self.config.os(), self.config.architecture());
+        if let Some(v) = self.config.variant().as_ref().filter(|v| !v.is_empty()) {
+            text = format!("{text}/{v}");
+        }
+        text
+    }
+
+    /// Set the config's os/architecture/variant.
+    pub fn set_platform(&mut self, platform: &Platform) {
+        self.config.set_os(platform.oci_os());
+        self.config.set_architecture(platform.oci_arch());
+        self.config.set_variant(platform.variant.clone());
     }
 
     /// The SHELL for shell-form commands.
@@ -383,6 +395,7 @@ impl ImageState {
         let mut platform = oci_spec::image::Platform::default();
         platform.set_architecture(config.architecture().clone());
         platform.set_os(config.os().clone());
+        platform.set_variant(config.variant().clone().filter(|v| !v.is_empty()));
         manifest_desc.set_platform(Some(platform));
         manifest_desc.set_annotations(None::<HashMap<String, String>>);
         Ok(WrittenImage { manifest: manifest_desc, config: config_desc, layers: self.layers.clone() })
@@ -402,7 +415,7 @@ mod tests {
 
     #[test]
     fn env_and_entrypoint_rules() {
-        let mut image = ImageState::scratch(rfc3339(0));
+        let mut image = ImageState::scratch(rfc3339(0), &Platform::host());
         assert_eq!(image.env("PATH").as_deref(), Some(&DEFAULT_PATH[5..]));
         image.set_env("A", "1");
         image.set_env("A", "2");
@@ -410,5 +423,46 @@ mod tests {
         image.set_cmd(vec!["x".into()]);
         image.set_entrypoint(vec!["/e".into()]);
         assert_eq!(image.exec.cmd().as_deref(), Some(&["x".to_string()][..]));
+    }
+
+    #[test]
+    fn platform_in_config_and_manifest_entry() {
+        let blobs = BlobStore::temp().unwrap();
+        let arm = Platform::parse("linux/arm/v7").unwrap();
+        let written = ImageState::scratch(rfc3339(0), &arm).write(&blobs).unwrap();
+        let config: serde_json::Value = serde_json::from_slice(&blobs.read(written.config.digest().as_ref()).unwrap()).unwrap();
+        assert_eq!((config["os"].as_str(), config["architecture"].as_str()), (Some("linux"), Some("arm")));
+        assert_eq!(config["variant"].as_str(), Some("v7"));
+        let entry = written.manifest.platform().clone().unwrap();
+        assert!(arm.matches_oci(&entry));
+        assert_eq!(entry.variant().as_deref(), Some("v7"));
+
+        let mut image = ImageState::scratch(rfc3339(0), &Platform::host());
+        image.set_platform(&Platform::parse("wasip1/wasm").unwrap());
+        assert_eq!(image.platform(), "wasip1/wasm");
+        let written = image.write(&blobs).unwrap();
+        let entry = written.manifest.platform().clone().unwrap();
+        assert_eq!((entry.os().to_string(), entry.architecture().to_string()), ("wasip1".into(), "wasm".into()));
+        assert_eq!(entry.variant(), &None);
+    }
+
+    #[test]
+    fn selects_the_platform_of_an_index() {
+        let entry = |p: &str| {
+            let mut d = descriptor(MediaType::ImageManifest.as_ref(), &format!("sha256:{}", "a".repeat(64)), 1).unwrap();
+            d.set_platform(Some(Platform::parse(p).unwrap().to_oci()));
+            d
+        };
+        let mut arm = entry("linux/arm64");
+        arm.set_size(2);
+        let index = oci_spec::image::ImageIndexBuilder::default()
+            .schema_version(2u32)
+            .manifests(vec![entry("linux/amd64"), arm])
+            .build()
+            .unwrap();
+        let found = select_platform(&index, "image x", &Platform::parse("linux/arm64").unwrap()).unwrap();
+        assert_eq!(found.size(), 2);
+        let err = select_platform(&index, "image x", &Platform::parse("linux/s390x").unwrap()).unwrap_err();
+        assert_eq!(err.to_string(), "image x has no manifest for platform linux/s390x");
     }
 }

@@ -134,8 +134,9 @@ pub struct Healthcheck {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
-    /// `image` raw (ARGs before FROM expand in it); `name` lower-cased.
-    From { image: String, name: Option<String> },
+    /// `image` raw (ARGs before FROM expand in it); `name` lower-cased;
+    /// `platform` the raw `--platform=OS/ARCH[/VARIANT]` (ARGs expand in it).
+    From { image: String, name: Option<String>, platform: Option<String> },
     /// NAME and raw default.
     Arg(Vec<(String, Option<String>)>),
     Copy(CopyArgs),
@@ -255,22 +256,27 @@ fn parse_kind(name: &str, rest: &str, escape: char, heredocs: Vec<Heredoc>) -> R
 }
 
 fn from(rest: &str, escape: char) -> Result<Kind, (At, SyntaxError)> {
-    let words = at_rest(words::split_spans(rest, escape))?;
-    if let Some((at, flag)) = words.iter().find(|(_, w)| w.starts_with("--")) {
-        let flag = flag.split('=').next().unwrap_or(flag);
-        return Err((At::Rest(*at), SyntaxError::UnsupportedFlag("FROM".into(), flag.to_string())));
+    let spans = at_rest(words::split_spans(rest, escape))?;
+    let (flag_list, first) = flags("FROM", &spans)?;
+    let mut platform = None;
+    for (at, flag, value) in flag_list {
+        match flag.as_str() {
+            "platform" if !value.is_empty() => platform = Some(value),
+            "platform" => return Err((At::Rest(at), SyntaxError::FlagValue("FROM", "--platform".into()))),
+            _ => return Err((At::Rest(at), SyntaxError::UnsupportedFlag("FROM".into(), format!("--{flag}")))),
+        }
     }
-    match words.as_slice() {
-        [(_, image)] => Ok(Kind::From { image: image.clone(), name: None }),
+    match &spans[first..] {
+        [(_, image)] => Ok(Kind::From { image: image.clone(), name: None, platform }),
         [(_, image), (_, as_), (at, alias)] if as_.eq_ignore_ascii_case("as") => {
             let valid = alias.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
                 && alias.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
             if !valid {
                 return Err((At::Rest(*at), SyntaxError::StageName(alias.clone())));
             }
-            Ok(Kind::From { image: image.clone(), name: Some(alias.to_ascii_lowercase()) })
+            Ok(Kind::From { image: image.clone(), name: Some(alias.to_ascii_lowercase()), platform })
         }
-        _ => Err((At::Rest(0), SyntaxError::Arguments("FROM", "an image (FROM IMAGE [AS NAME])"))),
+        _ => Err((At::Rest(0), SyntaxError::Arguments("FROM", "an image (FROM [--platform=OS/ARCH] IMAGE [AS NAME])"))),
     }
 }
 

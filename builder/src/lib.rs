@@ -26,6 +26,7 @@ pub mod instruction;
 pub mod layer;
 pub mod overlay_diff;
 pub mod owner;
+pub mod platform;
 pub mod progress;
 pub mod reference;
 mod run;
@@ -41,6 +42,7 @@ pub use artifact::ArtifactForm;
 pub use build::StepError;
 pub use cache::{cache_dir_from_env, DEFAULT_CACHE_DIR};
 pub use layer::Compression;
+pub use platform::Platform;
 
 use crate::archive::{ArchiveError, ArchiveImage, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 use crate::blobs::BlobStore;
@@ -141,6 +143,9 @@ pub struct BuildOptions {
     pub progress: bool,
     /// Write the image as an OCI wasm artifact (see [`artifact`]).
     pub artifact: Option<ArtifactForm>,
+    /// The platform built for (default: the host's); `FROM --platform`
+    /// overrides it for its stage.
+    pub platform: Platform,
 }
 
 impl BuildOptions {
@@ -161,6 +166,7 @@ impl BuildOptions {
             output_layout: None,
             progress: false,
             artifact: None,
+            platform: Platform::host(),
         }
     }
 }
@@ -349,7 +355,7 @@ fn needed_stages(instructions: &[dockerfile::Instruction], target: Option<&str>)
     let mut stages: Vec<(Option<String>, Vec<String>)> = Vec::new();
     for instruction in instructions {
         match &instruction.kind {
-            Kind::From { image, name } => stages.push((name.clone(), vec![image.clone()])),
+            Kind::From { image, name, .. } => stages.push((name.clone(), vec![image.clone()])),
             Kind::Copy(args) => {
                 if let (Some(stage), Some(from)) = (stages.last_mut(), &args.from) {
                     stage.1.push(from.clone());

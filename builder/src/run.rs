@@ -238,6 +238,9 @@ impl Session<'_> {
     }
 
     pub(crate) async fn run(&mut self, args: &RunArgs, text: &str) -> Result<(), StepError> {
+        if !self.stage.platform.can_run() {
+            return Err(StepError::Emulator(self.stage.platform.to_string()));
+        }
         let (argv, scripts) = run_argv(args, &self.stage.image.shell());
         let env = self.run_env();
         let workdir = format!("/{}", clean_image_path("/", &self.stage.image.workdir()));

@@ -292,6 +292,57 @@ async fn from_oci_archive_keeps_the_base() {
 }
 
 #[tokio::test]
+async fn platform_sets_the_config_and_selects_the_base() {
+    let temp = tempfile::tempdir().unwrap();
+    let base = temp.path().join("base");
+    write(&base, "Dockerfile", b"FROM scratch\nCOPY a /a\n");
+    write(&base, "a", b"a");
+    let out = archive_path(&base);
+    let mut opts = options(&base, &out);
+    opts.platform = Platform::parse("linux/arm/v7").unwrap();
+    build(&opts).await.unwrap();
+    let image = read_archive(&out);
+    assert_eq!((image.config.os().to_string(), image.config.architecture().to_string()), ("linux".into(), "arm".into()));
+    assert_eq!(image.config.variant().as_deref(), Some("v7"));
+    let blobs = BlobStore::temp().unwrap();
+    let index = archive::read(&out, &blobs).unwrap();
+    let entry = index.manifests()[0].platform().clone().unwrap();
+    assert_eq!(entry.variant().as_deref(), Some("v7"));
+
+    // FROM --platform picks the base's platform (ARGs expand in it); RUN
+    // on a foreign platform needs an emulator.
+    let app = temp.path().join("app");
+    write(&app, "Dockerfile", b"ARG P=linux/arm/v7\nFROM --platform=$P oci-archive:../base.tar\nCOPY b /b\n");
+    write(&app, "b", b"b");
+    let (_, out) = build_context(&app).await.unwrap();
+    let image = read_archive(&out);
+    assert_eq!(image.config.architecture().to_string(), "arm");
+    assert_eq!(image.layers.len(), 2);
+
+    write(&app, "Dockerfile", b"FROM oci-archive:../base.tar\n");
+    let err = build_context(&app).await.unwrap_err();
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    let host = Platform::host();
+    assert!(source.starts_with("OCI archive "), "{source}");
+    assert!(source.ends_with(&format!("base.tar has no manifest for platform {host}")), "{source}");
+
+    write(&app, "Dockerfile", b"FROM --platform=linux/arm/v7 scratch\nRUN true\n");
+    let err = build_context(&app).await.unwrap_err();
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert_eq!(source, "RUN on platform linux/arm/v7 needs an emulator, not supported");
+
+    write(&app, "Dockerfile", b"FROM --platform=wasip1/wasm scratch\nARG TARGETPLATFORM\nENV T=$TARGETPLATFORM\n");
+    let (_, out) = build_context(&app).await.unwrap();
+    let image = read_archive(&out);
+    assert_eq!((image.config.os().to_string(), image.config.architecture().to_string()), ("wasip1".into(), "wasm".into()));
+    assert!(image.config.config().clone().unwrap().env().clone().unwrap().contains(&format!("T={host}")));
+
+    write(&app, "Dockerfile", b"FROM --platform=linux scratch\n");
+    let err = build_context(&app).await.unwrap_err();
+    assert!(std::error::Error::source(&err).unwrap().to_string().starts_with("FROM --platform: invalid platform \"linux\""));
+}
+
+#[tokio::test]
 async fn load_needs_a_name_and_containerd() {
     let temp = tempfile::tempdir().unwrap();
     let ctx = temp.path().join("ctx");

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod wasm;
-use hybrid_builder::{ArtifactForm, BuildOptions, Compression, ContainerdOptions, DEFAULT_ADDRESS, DEFAULT_NAMESPACE};
+use hybrid_builder::{
+    ArtifactForm, BuildOptions, Compression, ContainerdOptions, Platform, DEFAULT_ADDRESS, DEFAULT_NAMESPACE,
+};
 
 #[derive(Parser)]
 #[command(name = "hybrid", version, about = "hybrid: wasm and Linux containers for containerd")]
@@ -22,6 +24,9 @@ enum Command {
     Build(BuildArgs),
     /// Load an OCI image archive into containerd.
     Load(LoadArgs),
+    /// Manage the build cache (${HYBRID_CACHE_DIR:-/var/lib/hybrid/cache}).
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Run wasm modules outside containers, and warm the compile cache.
     #[command(subcommand)]
     Wasm(wasm::WasmCommand),
@@ -77,11 +82,27 @@ struct BuildArgs {
     /// `ctr run` and CRI run it through hybrid; `manifest` is the bare artifact.
     #[arg(long, value_name = "index|manifest", num_args = 0..=1, require_equals = true, default_missing_value = "index")]
     artifact: Option<ArtifactForm>,
+    /// Platform to build for, OS/ARCH[/VARIANT] (default: the host's, e.g. linux/amd64).
+    /// wasip1/wasm and wasip2/wasm are accepted for wasm images (which are linux
+    /// with a .wasm entrypoint by default); RUN on another platform is not supported.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<Platform>,
     #[command(flatten)]
     containerd: ContainerdArgs,
     /// The build context directory.
     #[arg(value_name = "CONTEXT_DIR")]
     context: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Remove the least recently used build cache entries until the cache is
+    /// under SIZE (refused while a build is using the cache).
+    Prune {
+        /// Size to keep the cache under: bytes, or with K, M, G or T (500M, 2G).
+        #[arg(long, value_name = "SIZE", default_value = "2G", value_parser = hybrid_builder::cache::parse_size)]
+        max: u64,
+    },
 }
 
 #[derive(Args)]
@@ -117,10 +138,29 @@ async fn build(args: BuildArgs) -> anyhow::Result<()> {
     options.cache_dir = (!args.no_cache).then(hybrid_builder::cache_dir_from_env);
     options.compression = args.compression;
     options.artifact = args.artifact;
+    options.platform = args.platform.unwrap_or_else(Platform::host);
     options.progress = true;
     let image = hybrid_builder::build(&options).await?;
     println!("{} {}", image.name, image.digest);
     Ok(())
+}
+
+fn cache(command: CacheCommand) -> anyhow::Result<()> {
+    match command {
+        CacheCommand::Prune { max } => {
+            let dir = hybrid_builder::cache_dir_from_env();
+            let report = hybrid_builder::cache::prune(&dir, max)?;
+            println!(
+                "removed {} entries ({} bytes); {} entries ({} bytes) left in {}",
+                report.removed_entries,
+                report.removed_bytes,
+                report.remaining_entries,
+                report.remaining_bytes,
+                dir.display()
+            );
+            Ok(())
+        }
+    }
 }
 
 async fn load(args: LoadArgs) -> anyhow::Result<()> {
@@ -156,6 +196,13 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
+        Command::Cache(command) => match cache(command) {
+            Ok(()) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
         other => other,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -169,7 +216,7 @@ fn main() -> ExitCode {
         match command {
             Command::Build(args) => build(args).await,
             Command::Load(args) => load(args).await,
-            Command::Wasm(_) => unreachable!("handled before the async runtime starts"),
+            Command::Wasm(_) | Command::Cache(_) => unreachable!("handled before the async runtime starts"),
         }
     });
     match result {
