@@ -157,6 +157,15 @@ pub(crate) fn run_helper(args: &[&std::ffi::OsStr]) -> Result<String, ArtifactEr
     }
 }
 
+/// Run one lookup to its end, or to [`TIMEOUT`], on a runtime of its own
+/// (helper processes only: never in the shim, see the module's comment).
+pub fn block_on_with_timeout<T>(
+    lookup: impl std::future::Future<Output = Result<T, ArtifactError>>,
+) -> Result<T, ArtifactError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ArtifactError::Runtime)?;
+    runtime.block_on(async { tokio::time::timeout(TIMEOUT, lookup).await.map_err(|_| ArtifactError::Timeout(TIMEOUT))? })
+}
+
 /// The helper process: find and place the module; say `placed PATH` or
 /// `none` on stdout, or the error on stderr. Returns the exit status.
 pub fn helper_main(args: &[String]) -> i32 {
@@ -164,17 +173,7 @@ pub fn helper_main(args: &[String]) -> i32 {
         eprintln!("usage: {HELPER_COMMAND} ADDRESS NAMESPACE ID ROOTFS");
         return 2;
     };
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ArtifactError::Runtime)
-        .and_then(|runtime| {
-            runtime.block_on(async {
-                tokio::time::timeout(TIMEOUT, find_module(address, namespace, id))
-                    .await
-                    .map_err(|_| ArtifactError::Timeout(TIMEOUT))?
-            })
-        })
+    let result = block_on_with_timeout(find_module(address, namespace, id))
         .and_then(|found| {
             found.map(|module| Ok((write_module(&module, Path::new(rootfs))?, module.image, module.layer))).transpose()
         });

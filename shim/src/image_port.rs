@@ -11,7 +11,7 @@ use hybrid_runtime::workload::{read_entrypoint, Workload, WorkloadKind};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use oci_spec::runtime::Spec;
 
-use crate::artifact::{connect, container_image, containerd_address, run_helper, ArtifactError, Client, MAX_JSON_BYTES, TIMEOUT, WASM_CONFIG_MEDIA_TYPE};
+use crate::artifact::{connect, container_image, containerd_address, run_helper, ArtifactError, Client, MAX_JSON_BYTES, WASM_CONFIG_MEDIA_TYPE};
 
 /// The helper's argv[1]: `containerd-shim-hybrid-v2 image-http-port ADDRESS NAMESPACE ID`.
 pub const HELPER_COMMAND: &str = "image-http-port";
@@ -52,17 +52,7 @@ pub fn helper_main(args: &[String]) -> i32 {
         eprintln!("usage: {HELPER_COMMAND} ADDRESS NAMESPACE ID");
         return 2;
     };
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ArtifactError::Runtime)
-        .and_then(|runtime| {
-            runtime.block_on(async {
-                tokio::time::timeout(TIMEOUT, find_port(address, namespace, id))
-                    .await
-                    .map_err(|_| ArtifactError::Timeout(TIMEOUT))?
-            })
-        });
+    let result = crate::artifact::block_on_with_timeout(find_port(address, namespace, id));
     match result {
         Ok(Some(port)) => println!("port {port}"),
         Ok(None) => println!("none"),
