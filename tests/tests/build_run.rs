@@ -196,3 +196,28 @@ fn wasm_run_goes_through_the_wasm_executor() {
     assert_eq!(ran.code, 0, "{ran:?}");
     assert_eq!(ran.stdout, "written by wasm\n", "{ran:?}");
 }
+
+/// Issue 5's multi-stage case: a native stage prepares a wasm module with
+/// its tools (here the shell writes WAT text), and the final wasm image,
+/// FROM scratch, holds only what it copies out of that stage.
+#[test]
+fn a_wasm_image_is_copied_out_of_a_stage_built_with_native_tools() {
+    let env = env();
+    let dockerfile = r#"FROM docker.io/hybrid-examples/busybox:latest AS tools
+RUN mkdir /out && printf '%s\n' \
+  '(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))' \
+  '  (memory (export "memory") 1)' \
+  '  (func (export "_start") (call $exit (i32.const 7))))' > /out/app.wat
+FROM scratch
+COPY --from=tools /out/app.wat /app.wat
+ENTRYPOINT ["/app.wat"]
+"#;
+    let ctx = context(&[("Dockerfile", dockerfile.as_bytes())]);
+    let out = hybrid_build("staged-wasm", ctx.path(), None);
+    assert!(out.status.success(), "{}", show(&out));
+    let ran = env.run(HYBRID_RUNTIME, "docker.io/hybrid-tests/staged-wasm:latest", &unique_id("staged"), &[]);
+    assert_eq!(ran.code, 7, "the module prepared by the native stage ran: {ran:?}");
+    // Nothing of the tools stage came along: busybox is not in the image.
+    let sh = env.run(HYBRID_RUNTIME, "docker.io/hybrid-tests/staged-wasm:latest", &unique_id("staged"), &["/bin/sh", "-c", "true"]);
+    assert_ne!(sh.code, 0, "the final image has no shell: {sh:?}");
+}
