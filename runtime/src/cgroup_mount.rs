@@ -20,12 +20,12 @@ pub enum CgroupMountError {
     Create { path: PathBuf, source: std::io::Error },
 }
 
-/// Rewrite the bundle's cgroup v1 mount if libcontainer could not make it.
-/// Returns whether the spec was changed.
-pub fn rewrite_for_shared_pid_namespace(bundle: &Path) -> Result<bool, CgroupMountError> {
+/// Rewrite the bundle's cgroup v1 mount if libcontainer could not make it;
+/// `spec` is the bundle's config.json as already loaded. Returns whether
+/// the spec was changed.
+pub fn rewrite_for_shared_pid_namespace(bundle: &Path, spec: &Spec) -> Result<bool, CgroupMountError> {
     let path = bundle.join("config.json");
     let spec_err = |message: String| CgroupMountError::Spec { path: path.clone(), message };
-    let mut spec = Spec::load(&path).map_err(|e| spec_err(e.to_string()))?;
     let Some(linux) = spec.linux().as_ref() else { return Ok(false) };
     let joins_pid_namespace = linux
         .namespaces()
@@ -54,6 +54,7 @@ pub fn rewrite_for_shared_pid_namespace(bundle: &Path) -> Result<bool, CgroupMou
             Replace::Create(path, source) => CgroupMountError::Create { path, source },
         })?);
     }
+    let mut spec = spec.clone();
     spec.set_mounts(Some(rewritten));
     spec.save(&path).map_err(|e| spec_err(format!("cannot write the rewritten spec: {e}")))?;
     tracing::info!(?cgroups_path, "cgroup v1 mount rewritten for a shared pid namespace");

@@ -18,6 +18,7 @@ use crate::executor::HybridExecutor;
 use crate::wasm;
 use crate::workload::read_entrypoint;
 use crate::stdio::{StdioError, StdioPaths};
+use crate::limits::WasmMemoryLimit;
 use crate::logdriver::LogOwner;
 use crate::tty::{Console, ConsoleSocket};
 use crate::workload::Workload;
@@ -89,7 +90,7 @@ pub struct HybridContainer {
     console: Option<Console>,
     namespace: String,
     /// The memory limit its wasm processes are held to (see limits.rs).
-    memory_limit: Option<i64>,
+    wasm_memory: WasmMemoryLimit,
 }
 
 impl HybridContainer {
@@ -105,10 +106,7 @@ impl HybridContainer {
         let id = config.id.clone();
         let spec = Spec::load(config.bundle.join("config.json")).ok();
         let annotations = spec.as_ref().and_then(|spec| spec.annotations().clone()).unwrap_or_default();
-        let memory_limit = spec.as_ref().and_then(|s| s.linux().as_ref()).and_then(|linux| {
-            let own = linux.resources().as_ref().and_then(|r| r.memory().as_ref()).and_then(|m| m.limit());
-            crate::limits::effective_memory_limit(own, linux.cgroups_path().as_deref())
-        });
+        let wasm_memory = WasmMemoryLimit::from_spec(spec.as_ref());
         let terminal = spec.as_ref().and_then(|s| s.process().as_ref()).and_then(|p| p.terminal()).unwrap_or(false);
         let lc = |action| {
             let id = id.clone();
@@ -118,7 +116,9 @@ impl HybridContainer {
             path: config.state_root.clone(),
             source: e,
         })?;
-        crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle)?;
+        if let Some(spec) = &spec {
+            crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle, spec)?;
+        }
         // Compile before the container exists: a bad module fails Create,
         // and the cache makes every later start load machine code only.
         let precompiled = if workload.kind.is_wasm() {
@@ -142,10 +142,9 @@ impl HybridContainer {
             crate::workload::WorkloadKind::WasmComponent => crate::http::http_port(&annotations, image_port)?,
             _ => crate::http::DEFAULT_HTTP_PORT,
         };
-        let mut executor =
-            HybridExecutor::new(workload.clone(), precompiled).with_memory_limit(memory_limit).with_http_port(http_port);
+        let mut executor = HybridExecutor::new(workload.clone(), precompiled).with_http_port(http_port);
         if workload.kind.is_wasm() {
-            executor = executor.with_oom_notify(oom_write.as_raw_fd());
+            executor = executor.with_memory_limit(wasm_memory.get()).with_oom_notify(oom_write.as_raw_fd());
         }
         let tty_err = |source| ContainerError::Tty { id: id.clone(), source };
         let console_socket = match terminal {
@@ -182,7 +181,7 @@ impl HybridContainer {
             None => None,
         };
         let oom_events = workload.kind.is_wasm().then_some(oom_read);
-        Ok(Self { id, inner, state_root: config.state_root.clone(), rootfs: config.rootfs.clone(), annotations, oom_events, console, namespace: config.namespace.clone(), memory_limit })
+        Ok(Self { id, inner, state_root: config.state_root.clone(), rootfs: config.rootfs.clone(), annotations, oom_events, console, namespace: config.namespace.clone(), wasm_memory })
     }
 
     /// Load a container's state left by a shim that is gone, for cleanup.
@@ -201,7 +200,7 @@ impl HybridContainer {
             oom_events: None,
             console: None,
             namespace: String::new(),
-            memory_limit: None,
+            wasm_memory: WasmMemoryLimit::default(),
         })
     }
 
@@ -216,8 +215,8 @@ impl HybridContainer {
         self.console.take()
     }
 
-    pub(crate) fn memory_limit(&self) -> Option<i64> {
-        self.memory_limit
+    pub(crate) fn wasm_memory_limit(&self) -> Option<i64> {
+        self.wasm_memory.get()
     }
 
     pub(crate) fn log_owner(&self) -> LogOwner {

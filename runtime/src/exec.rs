@@ -74,7 +74,7 @@ impl HybridContainer {
             false => None,
         };
         let mut builder = ContainerBuilder::new(id.clone(), SyscallType::Linux)
-            .with_executor(HybridExecutor::new(exec.workload.clone(), exec.precompiled.clone()).with_memory_limit(self.memory_limit()))
+            .with_executor(HybridExecutor::new(exec.workload.clone(), exec.precompiled.clone()).with_memory_limit(if exec.workload.kind.is_wasm() { self.wasm_memory_limit() } else { None }))
             .with_root_path(self.state_root())
             .map_err(lc)?
             .with_console_socket(console_socket.as_ref().map(|s| s.path()));

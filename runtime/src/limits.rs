@@ -34,6 +34,32 @@ pub fn effective_memory_limit(spec_limit: Option<i64>, cgroups_path: Option<&Pat
     }
 }
 
+/// What a container's wasm memory limit comes from, worked out (reading
+/// the cgroups above) only once, and only when a wasm process needs it:
+/// native containers never pay for it.
+#[derive(Debug, Default)]
+pub struct WasmMemoryLimit {
+    own: Option<i64>,
+    cgroups_path: Option<PathBuf>,
+    resolved: std::sync::OnceLock<Option<i64>>,
+}
+
+impl WasmMemoryLimit {
+    pub fn from_spec(spec: Option<&oci_spec::runtime::Spec>) -> Self {
+        let linux = spec.and_then(|s| s.linux().as_ref());
+        Self {
+            own: linux.and_then(|l| l.resources().as_ref()).and_then(|r| r.memory().as_ref()).and_then(|m| m.limit()),
+            cgroups_path: linux.and_then(|l| l.cgroups_path().clone()),
+            resolved: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// See [`effective_memory_limit`].
+    pub fn get(&self) -> Option<i64> {
+        *self.resolved.get_or_init(|| effective_memory_limit(self.own, self.cgroups_path.as_deref()))
+    }
+}
+
 /// The lowest memory limit on the cgroups that contain `cgroups_path` (a
 /// path from the hierarchy's root, as cgroupfs takes it), if any is set.
 fn ancestor_memory_limit(cgroups_path: &Path) -> Option<i64> {
