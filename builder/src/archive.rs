@@ -1,6 +1,7 @@
 //! OCI image archives: a tar of an OCI image layout (`oci-layout`,
 //! `index.json`, `blobs/sha256/...`), written reproducibly and read back
-//! into a [`BlobStore`] (each blob checked against its digest).
+//! into a [`BlobStore`] (each blob checked against its digest), as are OCI
+//! image layout directories.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -25,15 +26,15 @@ pub enum ArchiveError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot read OCI archive {path}")]
+    #[error("cannot read OCI image {path}")]
     Read {
         path: String,
         #[source]
         source: io::Error,
     },
-    #[error("OCI archive {path}: {reason}")]
+    #[error("OCI image {path}: {reason}")]
     Invalid { path: String, reason: String },
-    #[error("OCI archive {path}: blob {entry} does not match its digest (it hashes to {actual})")]
+    #[error("OCI image {path}: blob {entry} does not match its digest (it hashes to {actual})")]
     DigestMismatch { path: String, entry: String, actual: String },
     #[error("cannot write OCI archive {path}: blob {digest} is not available locally")]
     MissingBlob { path: String, digest: String },
@@ -173,6 +174,58 @@ pub fn write_layout(
     Ok(())
 }
 
+/// `oci-layout`'s content, if it is a version this reader knows.
+fn check_layout_version(data: &[u8]) -> Result<(), String> {
+    let layout: serde_json::Value = serde_json::from_slice(data).map_err(|e| format!("bad oci-layout: {e}"))?;
+    if layout.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some("1.0.0") {
+        return Err(format!("unsupported oci-layout {}", String::from_utf8_lossy(data)));
+    }
+    Ok(())
+}
+
+/// Copy the blob `blobs/sha256/<hex>` (shown as `name`) of the archive or
+/// layout `shown` into `blobs`, refusing it unless it hashes to its name.
+fn import_blob(shown: &str, hex: &str, name: &str, data: &mut dyn Read, blobs: &BlobStore) -> Result<(), ArchiveError> {
+    let read_err = |source| ArchiveError::Read { path: shown.to_string(), source };
+    let expected = format!("sha256:{hex}");
+    if sha256_hex(&expected).is_none() {
+        return Err(ArchiveError::Invalid { path: shown.to_string(), reason: format!("bad blob name {name}") });
+    }
+    let mut writer = blobs.writer().map_err(read_err)?;
+    io::copy(data, &mut writer).map_err(read_err)?;
+    let (actual, _) = writer.commit().map_err(read_err)?;
+    if actual != expected {
+        return Err(ArchiveError::DigestMismatch { path: shown.to_string(), entry: name.to_string(), actual });
+    }
+    Ok(())
+}
+
+/// Read the OCI image layout directory `dir` (as `hybrid build --oci-dir`,
+/// skopeo or buildkit write it): every blob in `blobs/sha256/` goes into
+/// `blobs` (verified); returns the parsed `index.json`.
+pub fn read_layout(dir: &Path, blobs: &BlobStore) -> Result<ImageIndex, ArchiveError> {
+    let shown = dir.display().to_string();
+    let read_err = |source| ArchiveError::Read { path: shown.clone(), source };
+    let invalid = |reason: String| ArchiveError::Invalid { path: shown.clone(), reason };
+    let layout = std::fs::read(dir.join("oci-layout")).map_err(|e| invalid(format!("no oci-layout file ({e})")))?;
+    check_layout_version(&layout).map_err(invalid)?;
+    let blob_dir = dir.join("blobs").join("sha256");
+    for entry in std::fs::read_dir(&blob_dir).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        let name = format!("blobs/sha256/{}", entry.file_name().to_string_lossy());
+        let Some(hex) = entry.file_name().to_str().map(str::to_string) else {
+            return Err(invalid(format!("bad blob name {name}")));
+        };
+        if !entry.file_type().map_err(read_err)?.is_file() {
+            return Err(invalid(format!("blob {name} is not a regular file")));
+        }
+        let mut file = File::open(entry.path()).map_err(read_err)?;
+        import_blob(&shown, &hex, &name, &mut file, blobs)?;
+    }
+    let data = std::fs::read(dir.join("index.json")).map_err(|e| invalid(format!("no index.json ({e})")))?;
+    serde_json::from_slice(&data).map_err(|e| invalid(format!("bad index.json: {e}")))
+}
+
 /// Read the OCI archive at `path`: every `blobs/sha256/*` entry goes into
 /// `blobs` (verified); returns the parsed `index.json`.
 pub fn read(path: &Path, blobs: &BlobStore) -> Result<ImageIndex, ArchiveError> {
@@ -204,27 +257,11 @@ pub fn read(path: &Path, blobs: &BlobStore) -> Result<ImageIndex, ArchiveError> 
             ["oci-layout"] => {
                 let mut data = Vec::new();
                 entry.read_to_end(&mut data).map_err(read_err)?;
-                let layout: serde_json::Value =
-                    serde_json::from_slice(&data).map_err(|e| invalid(format!("bad oci-layout: {e}")))?;
-                if layout.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some("1.0.0") {
-                    return Err(invalid(format!("unsupported oci-layout {}", String::from_utf8_lossy(&data))));
-                }
+                check_layout_version(&data).map_err(invalid)?;
             }
             ["blobs", "sha256", hex] => {
-                let expected = format!("sha256:{hex}");
-                if sha256_hex(&expected).is_none() {
-                    return Err(invalid(format!("bad blob name {}", entry_path.display())));
-                }
-                let mut writer = blobs.writer().map_err(read_err)?;
-                io::copy(&mut entry, &mut writer).map_err(read_err)?;
-                let (actual, _) = writer.commit().map_err(read_err)?;
-                if actual != expected {
-                    return Err(ArchiveError::DigestMismatch {
-                        path: shown.clone(),
-                        entry: entry_path.display().to_string(),
-                        actual,
-                    });
-                }
+                let name = entry_path.display().to_string();
+                import_blob(&shown, hex, &name, &mut entry, blobs)?;
             }
             _ => tracing::debug!("{shown}: ignoring {}", entry_path.display()),
         }

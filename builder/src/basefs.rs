@@ -12,7 +12,8 @@ use flate2::read::GzDecoder;
 
 use crate::layer::clean_image_path;
 
-/// A layer blob's tar stream, decompressed by its magic bytes.
+/// A layer blob's or an ADD archive's stream, decompressed by its magic
+/// bytes (gzip, zstd, xz; anything else is read as it is).
 pub fn decompress<'a>(reader: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
     let mut reader = BufReader::new(reader);
     let head = reader.fill_buf()?;
@@ -20,6 +21,8 @@ pub fn decompress<'a>(reader: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> 
         Box::new(GzDecoder::new(reader))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Box::new(zstd::stream::read::Decoder::with_buffer(reader)?)
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Box::new(liblzma::read::XzDecoder::new(reader))
     } else {
         Box::new(reader)
     })

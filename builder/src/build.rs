@@ -30,6 +30,8 @@ pub enum StepError {
     #[error(transparent)]
     Layer(#[from] LayerError),
     #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
+    #[error(transparent)]
     Word(#[from] WordError),
     #[error(transparent)]
     Reference(#[from] ReferenceError),
@@ -45,9 +47,9 @@ pub enum StepError {
     Port(String),
     #[error("{0} requires a non-empty value")]
     Empty(&'static str),
-    #[error("base image archive {0} not found")]
-    BaseArchive(String),
-    #[error("OCI archive {0} holds no image")]
+    #[error("base image {what} {path} not found")]
+    BaseArchive { what: &'static str, path: String },
+    #[error("{0} holds no image")]
     EmptyArchive(String),
     #[error("cannot read base image blob {digest}")]
     BaseBlob {
@@ -94,6 +96,24 @@ pub(crate) async fn connect<'a>(
         None => ContainerdStore::connect(&options.address, &options.namespace).await?,
     };
     Ok(slot.insert(store))
+}
+
+/// A base image on the local filesystem.
+#[derive(Debug, Clone, Copy)]
+enum LocalImage {
+    /// `oci-archive:PATH`: a tar of an OCI image layout.
+    Archive,
+    /// `oci-layout:PATH`: an OCI image layout directory.
+    Layout,
+}
+
+impl LocalImage {
+    fn name(self) -> &'static str {
+        match self {
+            LocalImage::Archive => "OCI archive",
+            LocalImage::Layout => "OCI layout",
+        }
+    }
 }
 
 /// One build stage (`FROM ... [AS name]` and what follows).
@@ -365,16 +385,19 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// A fresh stage on the image `image` (`scratch`, `oci-archive:PATH` or
-    /// a containerd image) for `platform`.
+    /// A fresh stage on the image `image` (`scratch`, `oci-archive:PATH`,
+    /// `oci-layout:DIR` or a containerd image) for `platform`.
     pub async fn base_stage(&mut self, image: &str, platform: &Platform) -> Result<Stage, StepError> {
         let created = rfc3339(self.mtime);
         if image == "scratch" {
             return Ok(Stage::scratch(created, &self.settings_key, platform));
         }
-        let (manifest, config, raw, digest) = match image.strip_prefix("oci-archive:") {
-            Some(path) => self.base_from_archive(path, platform)?,
-            None => self.base_from_containerd(image, platform).await?,
+        let (manifest, config, raw, digest) = if let Some(path) = image.strip_prefix("oci-archive:") {
+            self.base_from_local(path, LocalImage::Archive, platform)?
+        } else if let Some(path) = image.strip_prefix("oci-layout:") {
+            self.base_from_local(path, LocalImage::Layout, platform)?
+        } else {
+            self.base_from_containerd(image, platform).await?
         };
         let mut state = ImageState::from_base(config, &raw, &manifest, created);
         let base_platform = state.platform();
@@ -399,25 +422,29 @@ impl<'a> Session<'a> {
         self.blobs.read(digest).map_err(|source| StepError::BaseBlob { digest: digest.to_string(), source })
     }
 
-    /// The archive path: absolute, relative to the context, or else to the
-    /// current directory. Returns manifest, config, raw config and the
-    /// manifest digest.
-    fn base_from_archive(&mut self, path: &str, platform: &Platform) -> Result<(ImageManifest, ImageConfiguration, Vec<u8>, String), StepError> {
+    /// An OCI archive (a file) or layout (a directory): absolute, relative
+    /// to the context, or else to the current directory. Returns manifest,
+    /// config, raw config and the manifest digest.
+    fn base_from_local(&mut self, path: &str, kind: LocalImage, platform: &Platform) -> Result<(ImageManifest, ImageConfiguration, Vec<u8>, String), StepError> {
         let in_context = self.context.join(path);
-        let path = [in_context, PathBuf::from(path)]
-            .into_iter()
-            .find(|p| p.is_file())
-            .ok_or_else(|| StepError::BaseArchive(path.to_string()))?;
-        let index = archive::read(&path, &self.blobs)?;
-        let shown = path.display().to_string();
+        let found = [in_context, PathBuf::from(path)].into_iter().find(|p| match kind {
+            LocalImage::Archive => p.is_file(),
+            LocalImage::Layout => p.is_dir(),
+        });
+        let path = found.ok_or_else(|| StepError::BaseArchive { what: kind.name(), path: path.to_string() })?;
+        let index = match kind {
+            LocalImage::Archive => archive::read(&path, &self.blobs)?,
+            LocalImage::Layout => archive::read_layout(&path, &self.blobs)?,
+        };
+        let shown = format!("{} {}", kind.name(), path.display());
         if index.manifests().is_empty() {
             return Err(StepError::EmptyArchive(shown));
         }
-        let mut target = select_platform(&index, &format!("OCI archive {shown}"), platform)?.clone();
+        let mut target = select_platform(&index, &shown, platform)?.clone();
         if is_index(target.media_type()) {
             let digest = target.digest().to_string();
             let nested: ImageIndex = parse_json("index", &digest, &self.local_blob(&digest)?)?;
-            target = select_platform(&nested, &format!("OCI archive {shown}"), platform)?.clone();
+            target = select_platform(&nested, &shown, platform)?.clone();
         }
         let digest = target.digest().to_string();
         let manifest: ImageManifest = parse_json("manifest", &digest, &self.local_blob(&digest)?)?;

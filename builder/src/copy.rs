@@ -1,15 +1,14 @@
 //! COPY and ADD: resolve sources in the build context (wildcards, no escape
 //! from the context), copy files and directories into a [`LayerWriter`], and
-//! for ADD extract local tar archives (plain or gzip) safely.
+//! for ADD extract local tar archives (plain, gzip, xz or zstd) safely.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use flate2::read::GzDecoder;
-
+use crate::basefs;
 use crate::blobs::BlobStore;
 use crate::ignore::Ignore;
 use crate::layer::{clean_image_path, LayerError, LayerWriter};
@@ -31,8 +30,21 @@ pub struct CopySpec<'a> {
     /// `context` is an image's root filesystem (`COPY --from`): symlinks in
     /// source paths resolve inside it, absolute ones from its root.
     pub rootfs: bool,
-    /// Heredoc sources: (file name, staged file with the content).
-    pub heredocs: &'a [(String, PathBuf)],
+    /// Sources staged by the build (heredocs, ADD's downloads).
+    pub staged: &'a [StagedSource],
+}
+
+/// A source the build wrote to a file of its own: a heredoc or a download.
+#[derive(Debug, Clone)]
+pub struct StagedSource {
+    /// Its file name in a destination directory (`None`: it has none, a URL
+    /// ending in `/`).
+    pub name: Option<String>,
+    /// Where it is staged.
+    pub path: PathBuf,
+    pub mode: u32,
+    /// What it came from, for errors (the heredoc's name, the URL).
+    pub origin: String,
 }
 
 fn read_err(path: &Path) -> impl FnOnce(io::Error) -> LayerError + '_ {
@@ -62,22 +74,25 @@ pub fn copy(
     }
     let dest = clean_image_path(spec.workdir, spec.dest);
     let dest_is_dir = dest_spelled_as_dir(spec.dest) || dest.is_empty() || layer.is_directory(&dest) || is_dir(&dest);
-    if sources.len() + spec.heredocs.len() > 1 && !dest_is_dir {
+    if sources.len() + spec.staged.len() > 1 && !dest_is_dir {
         return Err(LayerError::DestinationNotDirectory(spec.dest.to_string()));
     }
-    for (name, staged) in spec.heredocs {
-        let target = if dest_is_dir { clean_image_path("/", &format!("{dest}/{name}")) } else { dest.clone() };
-        let size = fs::metadata(staged).map_err(read_err(staged))?.len();
-        layer.add_file(&target, staged.clone(), 0o644, size)?;
+    for staged in spec.staged {
+        let target = match (&staged.name, dest_is_dir) {
+            (Some(name), true) => clean_image_path("/", &format!("{dest}/{name}")),
+            (None, true) => return Err(LayerError::NoFileName(staged.origin.clone())),
+            (_, false) => dest.clone(),
+        };
+        let size = fs::metadata(&staged.path).map_err(read_err(&staged.path))?.len();
+        layer.add_file(&target, staged.path.clone(), staged.mode, size)?;
     }
     for (shown, path) in sources {
         let meta = fs::metadata(&path).map_err(read_err(&path))?;
         if meta.is_dir() {
             layer.add_dir(&dest, meta.permissions().mode())?;
             copy_dir(&path, &context_rel(spec.context, &path), &dest, layer, spec.ignore)?;
-        } else if spec.extract_archives && archive_kind(&path)?.is_some() {
-            let gzip = archive_kind(&path)? == Some(ArchiveKind::Gzip);
-            extract(&path, &shown, gzip, &dest, layer, blobs)?;
+        } else if spec.extract_archives && is_tar_archive(&path)? {
+            extract(&path, &shown, &dest, layer, blobs)?;
         } else {
             let target = if dest_is_dir {
                 let name = path.file_name().map(utf8).transpose()?.unwrap_or_default();
@@ -94,7 +109,7 @@ pub fn copy(
 /// The canonical host paths a source pattern names, with the pattern match
 /// as shown to the user; wildcards (`*`, `?`, `[...]`) allowed.
 fn resolve(context: &Path, pattern: &str, ignore: Option<&Ignore>, rootfs: bool) -> Result<Vec<(String, PathBuf)>, LayerError> {
-    if pattern.starts_with("http://") || pattern.starts_with("https://") {
+    if crate::fetch::is_url(pattern) {
         return Err(LayerError::Url(pattern.to_string()));
     }
     let mut parts = Vec::new();
@@ -287,29 +302,14 @@ fn copy_dir(dir: &Path, rel: &str, dest: &str, layer: &mut LayerWriter, ignore: 
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ArchiveKind {
-    Tar,
-    Gzip,
-}
-
-/// Whether `path` is a tar archive, plain or gzip-compressed (by content).
-pub fn archive_kind(path: &Path) -> Result<Option<ArchiveKind>, LayerError> {
-    fn is_tar_header(block: &[u8]) -> bool {
-        block.len() >= 262 && &block[257..262] == b"ustar"
-    }
-    let mut head = Vec::new();
-    File::open(path).and_then(|f| f.take(512).read_to_end(&mut head)).map_err(read_err(path))?;
-    if head.starts_with(&[0x1f, 0x8b]) {
-        let mut block = Vec::new();
-        let file = File::open(path).map_err(read_err(path))?;
-        // Not a valid gzip stream: not an archive, copied as is.
-        if GzDecoder::new(file).take(512).read_to_end(&mut block).is_err() {
-            return Ok(None);
-        }
-        return Ok(is_tar_header(&block).then_some(ArchiveKind::Gzip));
-    }
-    Ok(is_tar_header(&head).then_some(ArchiveKind::Tar))
+/// Whether `path` is a tar archive, plain or compressed (gzip, xz, zstd),
+/// told by its content as Docker does; anything else is copied as is.
+pub fn is_tar_archive(path: &Path) -> Result<bool, LayerError> {
+    let file = File::open(path).map_err(read_err(path))?;
+    let mut block = Vec::new();
+    // A stream that does not decode (a stray magic number) is no archive.
+    let decoded = basefs::decompress(file).and_then(|r| r.take(512).read_to_end(&mut block));
+    Ok(decoded.is_ok() && block.len() >= 262 && &block[257..262] == b"ustar")
 }
 
 /// A relative, `..`-free path of an archive entry, or why it is refused.
@@ -349,19 +349,50 @@ fn link_stays_inside(dest: &str, at: &str, link: &str) -> bool {
     dest.is_empty() || resolved == dest || resolved.starts_with(&format!("{dest}/"))
 }
 
+/// The largest extension header (a GNU long name or link, a pax record set)
+/// accepted: the tar reader holds one whole in memory, so an archive must
+/// not make ADD allocate gigabytes for one name.
+const MAX_EXTENSION_HEADER: u64 = 1 << 20;
+/// The longest entry path or link target accepted (Linux's PATH_MAX).
+const MAX_PATH: usize = 4096;
+
+/// Refuse oversize extension headers before the tar reader reads them,
+/// with a pass over the archive's raw headers.
+fn check_extension_headers(path: &Path, shown: &str) -> Result<(), LayerError> {
+    use tar::EntryType::{GNULongLink, GNULongName, XGlobalHeader, XHeader};
+    let archive_err = |source| LayerError::Archive { archive: shown.to_string(), source };
+    let file = File::open(path).map_err(read_err(path))?;
+    let mut archive = tar::Archive::new(basefs::decompress(file).map_err(archive_err)?);
+    for (n, entry) in archive.entries().map_err(archive_err)?.raw(true).enumerate() {
+        let entry = entry.map_err(archive_err)?;
+        let kind = entry.header().entry_type();
+        if !matches!(kind, GNULongName | GNULongLink | XHeader | XGlobalHeader) {
+            continue;
+        }
+        let size = entry.header().size().map_err(archive_err)?;
+        if size > MAX_EXTENSION_HEADER {
+            return Err(LayerError::UnsafeEntry {
+                archive: shown.to_string(),
+                entry: format!("#{} ({kind:?} header)", n + 1),
+                reason: format!("is {size} bytes, over the limit of {MAX_EXTENSION_HEADER} for a header"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Extract the tar archive at `path` into the image directory `dest`.
 fn extract(
     path: &Path,
     shown: &str,
-    gzip: bool,
     dest: &str,
     layer: &mut LayerWriter,
     blobs: &BlobStore,
 ) -> Result<(), LayerError> {
     let archive_err = |source| LayerError::Archive { archive: shown.to_string(), source };
-    let file = BufReader::new(File::open(path).map_err(read_err(path))?);
-    let reader: Box<dyn Read> = if gzip { Box::new(GzDecoder::new(file)) } else { Box::new(file) };
-    let mut archive = tar::Archive::new(reader);
+    check_extension_headers(path, shown)?;
+    let file = File::open(path).map_err(read_err(path))?;
+    let mut archive = tar::Archive::new(basefs::decompress(file).map_err(archive_err)?);
     layer.add_dir(dest, 0o755)?;
     // Regular files extracted so far (archive path → image path), for hard links.
     let mut files: HashMap<String, String> = HashMap::new();
@@ -373,6 +404,12 @@ fn extract(
             entry: raw.display().to_string(),
             reason: reason.to_string(),
         };
+        if raw.as_os_str().len() > MAX_PATH {
+            return Err(unsafe_entry(&format!("has a path of {} bytes, over the limit of {MAX_PATH}", raw.as_os_str().len())));
+        }
+        if let Some(link) = entry.link_name_bytes().filter(|l| l.len() > MAX_PATH) {
+            return Err(unsafe_entry(&format!("has a link target of {} bytes, over the limit of {MAX_PATH}", link.len())));
+        }
         let rel = entry_path(&raw).map_err(unsafe_entry)?;
         let kind = entry.header().entry_type();
         if rel.is_empty() {

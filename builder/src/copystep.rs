@@ -1,5 +1,6 @@
 //! The COPY/ADD step of a [`Session`]: sources from the context (minus
-//! `.dockerignore`), heredocs, or another stage / image (`--from`);
+//! `.dockerignore`), heredocs, ADD's URLs, or another stage / image
+//! (`--from`);
 //! `--chown` / `--chmod`; and the build cache around writing the layer.
 
 use std::io::{Read, Write};
@@ -8,8 +9,9 @@ use std::path::PathBuf;
 use crate::basefs::{self, BaseDirs};
 use crate::build::{Session, StepError};
 use crate::cache::{chain_key, CachedLayer};
-use crate::copy::{self, dest_spelled_as_dir, CopySpec};
+use crate::copy::{self, dest_spelled_as_dir, CopySpec, StagedSource};
 use crate::dockerfile::CopyArgs;
+use crate::fetch::{self, FetchError};
 use crate::image::descriptor;
 use crate::layer::{clean_image_path, LayerWriter, Owner};
 use crate::owner;
@@ -100,7 +102,7 @@ impl Session<'_> {
 
     /// Write each heredoc (variables expanded unless its marker was quoted)
     /// to a staging file.
-    fn stage_heredocs(&self, args: &CopyArgs) -> Result<Vec<(String, PathBuf)>, StepError> {
+    fn stage_heredocs(&self, args: &CopyArgs) -> Result<Vec<StagedSource>, StepError> {
         let mut out = Vec::new();
         for heredoc in &args.heredocs {
             let content = if heredoc.expand {
@@ -111,7 +113,28 @@ impl Session<'_> {
             let stage_err = |source| StepError::Heredoc { name: heredoc.name.clone(), source };
             let (path, mut file) = self.blobs.staging_file().map_err(stage_err)?;
             file.write_all(content.as_bytes()).map_err(stage_err)?;
-            out.push((heredoc.name.clone(), path));
+            out.push(StagedSource { name: Some(heredoc.name.clone()), path, mode: 0o644, origin: heredoc.name.clone() });
+        }
+        Ok(out)
+    }
+
+    /// ADD's http(s) sources, downloaded (off the async runtime) into
+    /// staging files of mode 0600.
+    async fn download(&self, urls: &[&String], checksum: Option<&str>) -> Result<Vec<StagedSource>, StepError> {
+        let checksum = checksum.map(fetch::parse_checksum).transpose()?;
+        if checksum.is_some() && urls.len() != 1 {
+            return Err(FetchError::ChecksumSources.into());
+        }
+        let mut out = Vec::new();
+        for url in urls {
+            let url = url.to_string();
+            let staging = self.blobs.staging_file().map_err(|source| FetchError::Stage { url: url.clone(), source })?;
+            let want = checksum.clone();
+            let fetched = url.clone();
+            let download = tokio::task::spawn_blocking(move || fetch::fetch(&fetched, staging, want.as_deref()))
+                .await
+                .map_err(|e| FetchError::Fetch { url: url.clone(), message: e.to_string() })??;
+            out.push(StagedSource { name: fetch::file_name(&url), path: download.path, mode: 0o600, origin: url });
         }
         Ok(out)
     }
@@ -134,7 +157,13 @@ impl Session<'_> {
             Some(from) => self.from_root(from).await?,
             None => self.context.clone(),
         };
-        let heredocs = self.stage_heredocs(args)?;
+        let (urls, sources): (Vec<&String>, Vec<&String>) = sources.iter().partition(|s| add && fetch::is_url(s));
+        let sources: Vec<String> = sources.into_iter().cloned().collect();
+        if args.checksum.is_some() && urls.is_empty() {
+            return Err(FetchError::ChecksumSources.into());
+        }
+        let mut staged = self.stage_heredocs(args)?;
+        staged.extend(self.download(&urls, args.checksum.as_deref()).await?);
         let workdir = self.stage.image.workdir();
         let dest_path = clean_image_path(&workdir, dest);
         if !self.stage.scratch && !dest_spelled_as_dir(dest) && !self.stage.built_dirs.contains(&dest_path) {
@@ -144,13 +173,13 @@ impl Session<'_> {
         layer.set_attributes(owner, mode);
         let spec = CopySpec {
             context: &root,
-            sources,
+            sources: &sources,
             dest,
             workdir: &workdir,
             extract_archives: add,
             ignore: if from.is_some() { None } else { Some(&self.ignore) },
             rootfs: from.is_some(),
-            heredocs: &heredocs,
+            staged: &staged,
         };
         let built = &self.stage.built_dirs;
         let base = self.stage.base_dirs.as_ref();
@@ -160,7 +189,7 @@ impl Session<'_> {
 
         // The key: the chain so far, the instruction after substitution, and
         // what the layer will hold (paths, modes, owners, file contents).
-        let after = format!("{name} from={from:?} chown={owner:?} chmod={mode:?} {sources:?} {dest_path:?}");
+        let after = format!("{name} from={from:?} chown={owner:?} chmod={mode:?} {sources:?} {urls:?} {dest_path:?}");
         let key = chain_key(&self.stage.cache_key, &[&after, &layer.input_digest()?]);
         let hit = self.cache.as_ref().and_then(|c| c.get(&key, &self.blobs));
         let cached = hit.is_some();

@@ -13,7 +13,7 @@ fn words(list: &[&str]) -> Words {
 }
 
 fn copy(list: &[&str]) -> CopyArgs {
-    CopyArgs { from: None, chown: None, chmod: None, words: words(list), heredocs: Vec::new() }
+    CopyArgs { from: None, chown: None, chmod: None, checksum: None, words: words(list), heredocs: Vec::new() }
 }
 
 #[test]

@@ -77,6 +77,8 @@ pub struct CopyArgs {
     pub chown: Option<String>,
     /// `--chmod=MODE` (raw, octal).
     pub chmod: Option<String>,
+    /// ADD `--checksum=sha256:HEX` (raw): the content of its URL source.
+    pub checksum: Option<String>,
     /// Sources (without heredoc markers) and the destination, last.
     pub words: Words,
     pub heredocs: Vec<Heredoc>,
@@ -322,6 +324,7 @@ fn copy_args(name: &'static str, rest: &str, escape: char, heredocs: Vec<Heredoc
         from: None,
         chown: None,
         chmod: None,
+        checksum: None,
         words: Words { words: Vec::new(), json: false },
         heredocs: Vec::new(),
     };
@@ -330,6 +333,7 @@ fn copy_args(name: &'static str, rest: &str, escape: char, heredocs: Vec<Heredoc
             "from" if name == "COPY" => &mut args.from,
             "chown" => &mut args.chown,
             "chmod" => &mut args.chmod,
+            "checksum" if name == "ADD" => &mut args.checksum,
             _ => return Err((At::Rest(at), SyntaxError::UnsupportedFlag(name.to_string(), format!("--{flag}")))),
         };
         *slot = Some(value);

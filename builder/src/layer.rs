@@ -67,8 +67,10 @@ pub enum LayerError {
     SourceNotFound(String),
     #[error("{0:?} matches no files in the build context")]
     NoMatch(String),
-    #[error("remote URL sources are not supported: {0}")]
+    #[error("COPY cannot take a URL source ({0}): use ADD")]
     Url(String),
+    #[error("cannot name the file downloaded from {0} (the URL has no file name): give ADD a destination file, not a directory")]
+    NoFileName(String),
     #[error("cannot read {path}")]
     Read {
         path: String,

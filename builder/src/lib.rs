@@ -20,6 +20,7 @@ pub mod containerd;
 pub mod copy;
 mod copystep;
 pub mod dockerfile;
+pub mod fetch;
 pub mod ignore;
 pub mod image;
 pub mod instruction;

@@ -179,8 +179,15 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
+fn xz(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
+    xz.write_all(data).unwrap();
+    xz.finish().unwrap()
+}
+
 #[tokio::test]
-async fn add_extracts_plain_and_gzip_tars() {
+async fn add_extracts_plain_gzip_xz_and_zstd_tars() {
     let temp = tempfile::tempdir().unwrap();
     let ctx = temp.path().join("ctx");
     let tar = tar_with(&[
@@ -193,7 +200,14 @@ async fn add_extracts_plain_and_gzip_tars() {
     write(&ctx, "plain.tar", &tar);
     write(&ctx, "packed.tgz", &gzip(&tar));
     write(&ctx, "notes.gz", &gzip(b"not a tar"));
-    write(&ctx, "Dockerfile", b"FROM scratch\nADD plain.tar /opt/\nADD packed.tgz /srv\nADD notes.gz /notes.gz\nCOPY plain.tar /copied.tar\n");
+    write(&ctx, "packed.txz", &xz(&tar));
+    write(&ctx, "packed.tar.zst", &zstd::encode_all(&tar[..], 3).unwrap());
+    write(
+        &ctx,
+        "Dockerfile",
+        b"FROM scratch\nADD plain.tar /opt/\nADD packed.tgz /srv\nADD notes.gz /notes.gz\nCOPY plain.tar /copied.tar\n\
+          ADD packed.txz /xz\nADD packed.tar.zst /zst\n",
+    );
     let (_, out) = build_context(&ctx).await.unwrap();
     let image = read_archive(&out);
     let opt = &image.layers[0];
@@ -204,6 +218,9 @@ async fn add_extracts_plain_and_gzip_tars() {
     assert_eq!(image.layers[1]["srv/d/f"].1, "content");
     assert!(image.layers[2].contains_key("notes.gz"), "a gzip that is no tar is copied");
     assert!(image.layers[3].contains_key("copied.tar"), "COPY never extracts");
+    assert_eq!(image.layers[4]["xz/d/f"].1, "content", "xz");
+    assert_eq!(image.layers[4]["xz/d/up"].1, "-> ../d/f");
+    assert_eq!(image.layers[5]["zst/d/f"].1, "content", "zstd");
 }
 
 async fn add_error(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)], dest: &str) -> String {
@@ -222,25 +239,57 @@ async fn add_error(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)], dest
 }
 
 #[tokio::test]
-async fn add_refuses_unsafe_archive_entries() {
-    use tar::EntryType::*;
-    let msg = add_error(&[("../x", Regular, b"evil", None)], "/").await;
+async fn add_refuses_a_dotdot_entry() {
+    let msg = add_error(&[("../x", tar::EntryType::Regular, b"evil", None)], "/").await;
     assert!(msg.contains("Dockerfile:3:1: ADD x.tar /"), "{msg}");
     assert!(msg.contains("entry \"../x\" has a \"..\" component"), "{msg}");
-    let msg = add_error(&[("a/../../x", Regular, b"evil", None)], "/opt/").await;
-    assert!(msg.contains("\"a/../../x\""), "{msg}");
-    let msg = add_error(&[("/etc/passwd", Regular, b"evil", None)], "/").await;
-    assert!(msg.contains("absolute path"), "{msg}");
+    let msg = add_error(&[("a/../../x", tar::EntryType::Regular, b"evil", None)], "/opt/").await;
+    assert!(msg.contains("entry \"a/../../x\" has a \"..\" component"), "{msg}");
+}
+
+#[tokio::test]
+async fn add_refuses_an_absolute_entry() {
+    let msg = add_error(&[("/etc/passwd", tar::EntryType::Regular, b"evil", None)], "/").await;
+    assert!(msg.contains("entry \"/etc/passwd\" has an absolute path"), "{msg}");
+}
+
+#[tokio::test]
+async fn add_refuses_a_symlink_leading_out() {
+    use tar::EntryType::*;
     let msg = add_error(&[("link", Symlink, b"", Some("/etc")), ("link/passwd", Regular, b"x", None)], "/opt/").await;
     assert!(msg.contains("entry \"link\" is a symlink to \"/etc\", outside the destination"), "{msg}");
     let msg = add_error(&[("link", Symlink, b"", Some("../../etc"))], "/opt/").await;
-    assert!(msg.contains("outside the destination"), "{msg}");
-    let msg = add_error(&[("h", Link, b"", Some("../etc/passwd"))], "/").await;
-    assert!(msg.contains("entry \"h\" is a hard link"), "{msg}");
-    let msg = add_error(&[("null", Char, b"", None)], "/").await;
-    assert!(msg.contains("entry \"null\" is a device node"), "{msg}");
+    assert!(msg.contains("entry \"link\" is a symlink to \"../../etc\", outside the destination"), "{msg}");
+    // An entry below a symlink that stays inside is not written through it.
     let msg = add_error(&[("link", Symlink, b"", Some("sub")), ("link/f", Regular, b"x", None)], "/").await;
     assert!(msg.contains("/link is not a directory"), "{msg}");
+}
+
+#[tokio::test]
+async fn add_refuses_a_hard_link_leading_out() {
+    let msg = add_error(&[("h", tar::EntryType::Link, b"", Some("../etc/passwd"))], "/").await;
+    assert!(msg.contains("entry \"h\" is a hard link to \"../etc/passwd\", outside the archive's files"), "{msg}");
+    let msg = add_error(&[("h", tar::EntryType::Link, b"", Some("/etc/shadow"))], "/").await;
+    assert!(msg.contains("entry \"h\" is a hard link"), "{msg}");
+}
+
+#[tokio::test]
+async fn add_refuses_a_device_node() {
+    let msg = add_error(&[("null", tar::EntryType::Char, b"", None)], "/").await;
+    assert!(msg.contains("entry \"null\" is a device node"), "{msg}");
+    let msg = add_error(&[("sda", tar::EntryType::Block, b"", None)], "/").await;
+    assert!(msg.contains("entry \"sda\" is a device node"), "{msg}");
+}
+
+#[tokio::test]
+async fn add_refuses_an_oversize_header() {
+    use tar::EntryType::*;
+    let huge = vec![b'a'; 2 << 20];
+    let msg = add_error(&[("././@LongLink", GNULongName, &huge, None), ("x", Regular, b"x", None)], "/").await;
+    assert!(msg.contains("entry \"#1 (GNULongName header)\" is 2097152 bytes, over the limit of 1048576 for a header"), "{msg}");
+    let long = vec![b'a'; 5000];
+    let msg = add_error(&[("././@LongLink", GNULongName, &long, None), ("x", Regular, b"x", None)], "/").await;
+    assert!(msg.contains("has a path of 5000 bytes, over the limit of 4096"), "{msg}");
 }
 
 #[tokio::test]
@@ -289,6 +338,49 @@ async fn from_oci_archive_keeps_the_base() {
     assert!(config.env().clone().unwrap().contains(&"BASE=1".to_string()));
     assert_eq!(config.cmd(), &None, "ENTRYPOINT resets an inherited CMD");
     assert_eq!(image.config.history().as_ref().unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn from_oci_layout_dir_keeps_the_base_and_checks_its_blobs() {
+    let temp = tempfile::tempdir().unwrap();
+    let base = temp.path().join("base");
+    write(&base, "Dockerfile", b"FROM scratch\nCOPY bin /usr/local/bin/\nENV BASE=1\n");
+    write(&base, "bin/tool", b"tool");
+    let (_, base_tar) = build_context(&base).await.unwrap();
+    let layout = temp.path().join("layout");
+    tar::Archive::new(std::fs::File::open(&base_tar).unwrap()).unpack(&layout).unwrap();
+
+    let app = temp.path().join("app");
+    write(&app, "Dockerfile", b"FROM oci-layout:../layout\nCOPY app /usr/local/bin/\n");
+    write(&app, "app", b"app");
+    let (_, out) = build_context(&app).await.unwrap();
+    let image = read_archive(&out);
+    assert_eq!(image.layers[0]["usr/local/bin/tool"].1, "tool");
+    assert_eq!(image.layers[1]["usr/local/bin/app"].1, "app");
+    assert!(image.config.config().clone().unwrap().env().clone().unwrap().contains(&"BASE=1".to_string()));
+
+    // A blob whose content does not match its name is refused.
+    let json = |digest: &str| -> serde_json::Value {
+        let path = layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest = json(index["manifests"][0]["digest"].as_str().unwrap());
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let blob = layout.join("blobs/sha256").join(layer);
+    std::fs::write(&blob, b"tampered").unwrap();
+    let err = build_context(&app).await.unwrap_err();
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(source.contains("does not match its digest"), "{source}");
+
+    write(&app, "Dockerfile", b"FROM oci-layout:../missing\n");
+    let err = build_context(&app).await.unwrap_err();
+    assert_eq!(std::error::Error::source(&err).unwrap().to_string(), "base image OCI layout ../missing not found");
+    std::fs::remove_file(layout.join("oci-layout")).unwrap();
+    write(&app, "Dockerfile", b"FROM oci-layout:../layout\n");
+    let err = build_context(&app).await.unwrap_err();
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(source.contains("layout: no oci-layout file"), "{source}");
 }
 
 #[tokio::test]
@@ -355,3 +447,6 @@ async fn load_needs_a_name_and_containerd() {
 
 #[path = "tests_stages.rs"]
 mod stages;
+
+#[path = "tests_add_url.rs"]
+mod add_url;

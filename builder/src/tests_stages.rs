@@ -88,7 +88,7 @@ async fn multi_stage_copy_from_and_target() {
     let info = build_with(&ctx, |_| {}).await.unwrap();
     assert_eq!(info.steps.len(), 2);
     let err = build_with(&ctx, |o| o.target = Some("unused".into())).await.unwrap_err();
-    assert!(chain(&err).contains("base image archive missing.tar not found"), "{}", chain(&err));
+    assert!(chain(&err).contains("base image OCI archive missing.tar not found"), "{}", chain(&err));
 
     let err = build_with(&ctx, |o| o.target = Some("nope".into())).await.unwrap_err();
     assert_eq!(err.to_string(), "target stage \"nope\" not found in the Dockerfile");

@@ -1,4 +1,4 @@
-//! ADD's tar extraction on arbitrary bytes (plain or gzip): whatever it
+//! ADD's tar extraction on arbitrary bytes (plain, gzip, xz or zstd): whatever it
 //! accepts must stay inside the destination directory and write as a tar.
 #![no_main]
 
@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         extract_archives: true,
         ignore: None,
         rootfs: false,
-        heredocs: &[],
+        staged: &[],
     };
     if copy::copy(&spec, &mut layer, &blobs, &mut |_| false).is_err() {
         return;
