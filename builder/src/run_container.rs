@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hybrid_runtime::oneshot::run_to_completion;
+use hybrid_runtime::HybridContainer;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
@@ -73,7 +74,7 @@ fn prepare(what: &str) -> impl FnOnce(io::Error) -> RunError + '_ {
 }
 
 /// The overlay, unmounted when dropped (so also on every error path).
-struct Mounted(PathBuf);
+pub(crate) struct Mounted(PathBuf);
 
 impl Drop for Mounted {
     fn drop(&mut self) {
@@ -83,7 +84,7 @@ impl Drop for Mounted {
     }
 }
 
-fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> Result<Mounted, RunError> {
+pub(crate) fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> Result<Mounted, RunError> {
     let base = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
     // No redirects and no metadata-only copy-ups: the upper directory must
     // hold every change itself. Kernels without these options get the base.
@@ -101,7 +102,7 @@ fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> Resu
 
 /// Make the working directory inside `root` if it is missing (docker
 /// does); a symlink on the way is left to the runtime to resolve.
-fn ensure_workdir(root: &Path, cwd: &str) -> io::Result<()> {
+pub(crate) fn ensure_workdir(root: &Path, cwd: &str) -> io::Result<()> {
     let mut path = root.to_path_buf();
     for part in cwd.split('/').filter(|p| !p.is_empty()) {
         path.push(part);
@@ -275,12 +276,48 @@ fn container_id() -> String {
     format!("hybrid-build-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Whether a RUN helper for container `id` is alive: a process of this pid
+/// namespace whose command line (the helper's job) names it. A wasm
+/// container's process is a clone of its helper with the same command
+/// line, but in a pid namespace of its own.
+fn helper_alive(id: &str) -> bool {
+    let own_ns = fs::read_link("/proc/self/ns/pid").ok();
+    let Ok(procs) = fs::read_dir("/proc") else { return false };
+    procs.flatten().any(|p| {
+        let is_pid = p.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        is_pid
+            && fs::read(p.path().join("cmdline")).is_ok_and(|c| c.windows(id.len() + 2).any(|w| w == format!("\"{id}\"").as_bytes()))
+            && fs::read_link(p.path().join("ns/pid")).ok() == own_ns
+    })
+}
+
+/// RUN containers whose build is gone (killed outright, its helper too):
+/// killed, their cgroups and state removed. Their ids carry the build's
+/// pid; a live process with that pid keeps them (it may be that build), and
+/// so does a live helper (it is cleaning up after its killed build).
+fn sweep_stale_containers(state_root: &Path) {
+    let Ok(entries) = fs::read_dir(state_root) else { return };
+    for entry in entries.flatten() {
+        let Some(id) = entry.file_name().to_str().map(str::to_string) else { continue };
+        let build_pid = id.strip_prefix("hybrid-build-").and_then(|rest| rest.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+        let Some(build_pid) = build_pid else { continue };
+        if build_pid == std::process::id() || Path::new(&format!("/proc/{build_pid}")).exists() || helper_alive(&id) {
+            continue;
+        }
+        match HybridContainer::load(state_root, &id).and_then(|mut c| c.delete()) {
+            Ok(()) => tracing::info!("removed RUN container {id}, left by a build that was killed"),
+            Err(e) => tracing::warn!("cannot remove RUN container {id}, left by a build that was killed: {e}"),
+        }
+    }
+}
+
 /// Run `job` to completion (blocking: call it off the async runtime).
 pub(crate) fn run(job: RunJob) -> Result<Ran, RunError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Err(RunError::NotRoot);
     }
+    sweep_stale_containers(Path::new(STATE_ROOT));
     let dir = tempfile::Builder::new().prefix("run-").tempdir_in(&job.scratch).map_err(prepare("a directory"))?;
     let [upper, work, bundle] = ["upper", "work", "bundle"].map(|name| dir.path().join(name));
     let rootfs = bundle.join("rootfs");
@@ -310,8 +347,22 @@ pub(crate) fn run(job: RunJob) -> Result<Ran, RunError> {
     let log = dir.path().join("output.log");
     File::create(&log).map_err(prepare("the output log"))?;
 
-    let mounted = mount_overlay(&job.lower, &upper, &work, &rootfs)?;
-    ensure_workdir(&rootfs, &job.cwd).map_err(prepare(&format!("WORKDIR {}", job.cwd)))?;
+    // The helper mounts the overlay itself, in its own mount namespace;
+    // run in-process, this process mounts it.
+    let in_helper = run_helper::available();
+    let mounted = if in_helper {
+        None
+    } else {
+        let mounted = mount_overlay(&job.lower, &upper, &work, &rootfs)?;
+        ensure_workdir(&rootfs, &job.cwd).map_err(prepare(&format!("WORKDIR {}", job.cwd)))?;
+        Some(mounted)
+    };
+    let overlay = in_helper.then(|| run_helper::OverlayJob {
+        lower: job.lower.clone(),
+        upper: upper.clone(),
+        work: work.clone(),
+        cwd: job.cwd.clone(),
+    });
     let log_uri = format!("file://{}", log.display());
     let helper_job = run_helper::Job {
         id: id.clone(),
@@ -321,11 +372,13 @@ pub(crate) fn run(job: RunJob) -> Result<Ran, RunError> {
         namespace: "hybrid-build".to_string(),
         stdout: log_uri.clone(),
         stderr: log_uri,
+        parent: std::process::id(),
+        overlay,
     };
     let file = File::open(&log).map_err(prepare("the output log"))?;
     let mut tail = Tail { file, sink: job.output.clone(), pending: Vec::new() };
     tracing::debug!(id = %id, argv = ?job.argv, helper = run_helper::available(), "RUN container");
-    let result = if run_helper::available() {
+    let result = if in_helper {
         run_helper::run(&helper_job, || tail.poll())
     } else {
         run_to_completion(&helper_job.config(), || tail.poll()).map(|c| c.code).map_err(|e| RunError::Runtime(e.to_string()))

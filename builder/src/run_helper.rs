@@ -11,6 +11,13 @@
 //! `hybrid` command does); the helper is that program run again as
 //! `PROGRAM __hybrid-build-run JOB` (JSON), which prints the outcome as one
 //! JSON line. Programs that do not opt in run RUN containers in-process.
+//!
+//! The helper also owns what a killed build must not leave behind. It
+//! mounts the RUN overlay in a mount namespace of its own, so the mount
+//! ends with it; and when the build dies (parent-death signal) or is
+//! interrupted (SIGINT, SIGTERM, SIGHUP) it kills and deletes the container
+//! before it exits. Containers of builds killed outright, helper and all,
+//! are swept by the next RUN ([`crate::run_container`]).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -18,7 +25,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hybrid_runtime::oneshot::run_to_completion;
+use hybrid_runtime::oneshot::{request_cancel, run_to_completion};
 use hybrid_runtime::{ContainerConfig, StdioPaths};
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +45,20 @@ pub(crate) struct Job {
     pub namespace: String,
     pub stdout: String,
     pub stderr: String,
+    /// The build's pid: the helper stops when it is no longer its parent.
+    pub parent: u32,
+    /// The overlay for the helper to mount as `rootfs`, with the working
+    /// directory to make in it.
+    pub overlay: Option<OverlayJob>,
+}
+
+/// An overlay mount of the helper's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct OverlayJob {
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub cwd: String,
 }
 
 impl Job {
@@ -70,10 +91,13 @@ pub fn main_hook() -> Option<ExitCode> {
         return None;
     }
     let outcome = match args.next().and_then(|a| a.into_string().ok()).map(|a| serde_json::from_str::<Job>(&a)) {
-        Some(Ok(job)) => match run_to_completion(&job.config(), || {}) {
-            Ok(completed) => Outcome::Exited(completed.code),
-            Err(e) => Outcome::Failed(e.to_string()),
-        },
+        Some(Ok(job)) => {
+            stop_with_the_build(job.parent);
+            match run_in_helper(&job) {
+                Ok(code) => Outcome::Exited(code),
+                Err(e) => Outcome::Failed(e),
+            }
+        }
         Some(Err(e)) => Outcome::Failed(format!("invalid RUN helper job: {e}")),
         None => Outcome::Failed("RUN helper without a job".to_string()),
     };
@@ -84,6 +108,47 @@ pub fn main_hook() -> Option<ExitCode> {
         }
         Err(_) => Some(ExitCode::FAILURE),
     }
+}
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    request_cancel();
+}
+
+/// Interrupts, hang-ups and the build's death stop the container.
+fn stop_with_the_build(parent: u32) {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only does an atomic store, which is
+        // async-signal-safe; it is a plain `extern "C" fn(c_int)`.
+        unsafe { libc::signal(signal, on_stop_signal as *const () as libc::sighandler_t) };
+    }
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number; no memory is passed.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) };
+    // The build may have died before the signal was asked for.
+    if std::os::unix::process::parent_id() != parent {
+        request_cancel();
+    }
+}
+
+/// Mount the overlay (if the job has one) in a mount namespace of this
+/// process's own, then run the container.
+fn run_in_helper(job: &Job) -> Result<i32, String> {
+    let _mounted = match &job.overlay {
+        Some(overlay) => {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+                .map_err(|e| format!("cannot make a mount namespace for the RUN overlay: {e}"))?;
+            // Slave: the host's mounts still show here; ours never show there.
+            let none: Option<&str> = None;
+            nix::mount::mount(none, "/", none, nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE, none)
+                .map_err(|e| format!("cannot make / a slave mount: {e}"))?;
+            let mounted = crate::run_container::mount_overlay(&overlay.lower, &overlay.upper, &overlay.work, &job.rootfs)
+                .map_err(|e| e.to_string())?;
+            crate::run_container::ensure_workdir(&job.rootfs, &overlay.cwd)
+                .map_err(|e| format!("cannot make WORKDIR {}: {e}", overlay.cwd))?;
+            Some(mounted)
+        }
+        None => None,
+    };
+    run_to_completion(&job.config(), || {}).map(|completed| completed.code).map_err(|e| e.to_string())
 }
 
 /// Whether this program called [`main_hook`].

@@ -16,6 +16,7 @@
 //! called between polls (to copy the output, say).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -38,6 +39,22 @@ pub enum OneshotError {
     NoPid(String),
     #[error("container {id}: cannot wait for its init process {pid}: {source}")]
     Wait { id: String, pid: i32, source: Errno },
+    #[error("container {0}: interrupted (killed and deleted)")]
+    Interrupted(String),
+}
+
+/// Set from a signal handler to stop the container being run: it is killed
+/// and deleted like any other, and the run ends as interrupted.
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+/// Ask [`run_to_completion`] to kill its container and return. Only an
+/// atomic store: safe to call from a signal handler.
+pub fn request_cancel() {
+    CANCEL.store(true, Ordering::SeqCst);
+}
+
+fn cancel_requested() -> bool {
+    CANCEL.load(Ordering::SeqCst)
 }
 
 /// How a container's init process ended.
@@ -67,6 +84,10 @@ pub fn run_to_completion(config: &ContainerConfig, mut while_running: impl FnMut
         Some(pid) => start_and_wait(&mut container, pid, &mut while_running),
         None => Err(OneshotError::NoPid(config.id.clone())),
     };
+    let result = match result {
+        Ok(_) if cancel_requested() => Err(OneshotError::Interrupted(config.id.clone())),
+        other => other,
+    };
     let deleted = container.delete();
     if result.is_err() {
         // The init process may still be there (start failed): delete killed
@@ -87,14 +108,24 @@ pub fn run_to_completion(config: &ContainerConfig, mut while_running: impl FnMut
 }
 
 fn start_and_wait(container: &mut HybridContainer, pid: i32, while_running: &mut dyn FnMut()) -> Result<i32, OneshotError> {
+    if cancel_requested() {
+        return Err(OneshotError::Interrupted(container.id().to_string()));
+    }
     container.start()?;
     let pid = Pid::from_raw(pid);
+    let mut killed = false;
     loop {
         // __WALL: the init process was cloned without an exit signal of its own.
         match waitpid(pid, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
             Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
             Ok(WaitStatus::StillAlive) => {
+                if cancel_requested() && !killed {
+                    killed = true;
+                    if let Err(e) = container.kill(libc::SIGKILL as u32, true) {
+                        tracing::warn!(id = %container.id(), "cannot kill the interrupted container: {e}");
+                    }
+                }
                 while_running();
                 std::thread::sleep(POLL);
             }

@@ -221,3 +221,98 @@ ENTRYPOINT ["/app.wat"]
     let sh = env.run(HYBRID_RUNTIME, "docker.io/hybrid-tests/staged-wasm:latest", &unique_id("staged"), &["/bin/sh", "-c", "true"]);
     assert_ne!(sh.code, 0, "the final image has no shell: {sh:?}");
 }
+
+/// `hybrid build` spawned for a Dockerfile whose RUN sleeps with a marker
+/// argument, once that RUN's sleep is running: the build's child and the
+/// sleep's pid.
+fn build_until_run_sleeps(name: &str, ctx: &Path, marker: &str) -> (std::process::Child, i32) {
+    let env = env();
+    let tag = format!("hybrid-tests/{name}:latest");
+    let child = Command::new(hybrid_bin())
+        .args(["build", "--no-cache", "-t", &tag, "--load", "--address", &env.address])
+        .arg(ctx)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run hybrid build");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(&pid) = processes_mentioning(marker).iter().find(|&&p| sleeps(p, marker)) {
+            return (child, pid);
+        }
+        assert!(std::time::Instant::now() < deadline, "the RUN step never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Whether `pid` runs `sleep MARKER` (not a shell whose script mentions it).
+fn sleeps(pid: i32, marker: &str) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    cmdline == format!("sleep\0{marker}\0").into_bytes()
+}
+
+fn gone_within(pid: i32, secs: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        // A zombie is gone too: a process whose parent died is reaped by
+        // whatever init the host has, if any.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        if matches!(state, None | Some("Z") | Some("X")) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+/// Killing a build in the middle of a RUN leaves no container, mount,
+/// cgroup or state: the helper that runs the step kills and deletes its
+/// container when the build dies, and its overlay mount lives only in the
+/// helper's mount namespace. Killed together with the build, the helper
+/// cannot clean up: the next build's RUN removes what it left.
+#[test]
+fn a_build_killed_during_run_leaves_nothing_behind() {
+    env();
+    let marker = format!("{}", 3000 + std::process::id() % 1000);
+    let dockerfile = format!("FROM docker.io/hybrid-examples/busybox:latest\nRUN sleep {marker}\n");
+    let ctx = context(&[("Dockerfile", dockerfile.as_bytes())]);
+
+    // The build alone is killed: its helper cleans up.
+    let (mut build, sleep_pid) = build_until_run_sleeps("killed-build", ctx.path(), &marker);
+    let build_pid = build.id();
+    let id = format!("hybrid-build-{build_pid}-0");
+    assert!(Path::new("/run/hybrid-build").join(&id).exists(), "the RUN container {id} exists");
+    assert!(mounts_containing("/run-").iter().all(|m| !m.contains("hybrid-build-")), "the overlay is not mounted on the host");
+    build.kill().expect("kill the build");
+    let _ = build.wait();
+    assert!(gone_within(sleep_pid, 10), "the RUN step's process outlived the killed build");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Path::new("/run/hybrid-build").join(&id).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!Path::new("/run/hybrid-build").join(&id).exists(), "state of {id} left");
+    assert!(cgroups_named(&id).is_empty(), "cgroups of {id} left: {:?}", cgroups_named(&id));
+
+    // Build and helper killed outright: the container outlives both...
+    let (mut build, sleep_pid) = build_until_run_sleeps("killed-build", ctx.path(), &marker);
+    let build_pid = build.id();
+    let id = format!("hybrid-build-{build_pid}-0");
+    let helpers: Vec<i32> = processes_mentioning("__hybrid-build-run")
+        .into_iter()
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default().split_whitespace().nth(3) == Some(&build_pid.to_string()))
+        .collect();
+    assert_eq!(helpers.len(), 1, "one RUN helper under the build: {helpers:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(helpers[0]), nix::sys::signal::Signal::SIGKILL).expect("kill the helper");
+    build.kill().expect("kill the build");
+    let _ = build.wait();
+    // ...until the next build runs a step (here, or a build of another
+    // test running at the same time).
+    let next = context(&[("Dockerfile", b"FROM docker.io/hybrid-examples/busybox:latest\nRUN true\n")]);
+    let out = hybrid_build("after-a-killed-build", next.path(), None);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(gone_within(sleep_pid, 10), "the next build's RUN removed the stale container: {}", show(&out));
+    assert!(!Path::new("/run/hybrid-build").join(&id).exists(), "state of {id} left");
+    assert!(cgroups_named(&id).is_empty(), "cgroups of {id} left: {:?}", cgroups_named(&id));
+}
