@@ -37,6 +37,10 @@ pub enum ContainerError {
         action: &'static str,
         source: libcontainer::error::LibcontainerError,
     },
+    /// What the spawner said (already naming the container), or why it
+    /// could not be asked.
+    #[error("{message}")]
+    Spawner { id: String, message: String },
     #[error("cannot create state root {path:?}: {source}")]
     StateRoot { path: PathBuf, source: std::io::Error },
     #[error("container {id}: exec {exec_id}: {message}")]
@@ -64,7 +68,7 @@ pub enum CgroupVersion {
 }
 
 /// Where a container comes from and where its state lives.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ContainerConfig {
     pub id: String,
     pub bundle: PathBuf,
@@ -112,13 +116,6 @@ impl HybridContainer {
             let id = id.clone();
             move |source| ContainerError::Libcontainer { id, action, source }
         };
-        std::fs::create_dir_all(&config.state_root).map_err(|e| ContainerError::StateRoot {
-            path: config.state_root.clone(),
-            source: e,
-        })?;
-        if let Some(spec) = &spec {
-            crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle, spec)?;
-        }
         // Compile before the container exists: a bad module fails Create,
         // and the cache makes every later start load machine code only.
         let precompiled = if workload.kind.is_wasm() {
@@ -132,6 +129,20 @@ impl HybridContainer {
         } else {
             None
         };
+        // Idle wasm containers are cheapest cloned from the spawner (see
+        // spawner.rs), which runs this very function (and finds the module
+        // compiled already).
+        let logs_to_a_binary = config.stdio.stdout.starts_with("binary://");
+        if workload.kind.is_wasm() && !terminal && !logs_to_a_binary && crate::spawner::available() {
+            return crate::spawner::create(config, &workload, image_port);
+        }
+        std::fs::create_dir_all(&config.state_root).map_err(|e| ContainerError::StateRoot {
+            path: config.state_root.clone(),
+            source: e,
+        })?;
+        if let Some(spec) = &spec {
+            crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle, spec)?;
+        }
         // A wasm guest that runs out of memory says so on this pipe; the
         // write end reaches the container through the clone and is closed
         // here once it is created, so the read end sees EOF at its exit.
@@ -182,6 +193,29 @@ impl HybridContainer {
         };
         let oom_events = workload.kind.is_wasm().then_some(oom_read);
         Ok(Self { id, inner, state_root: config.state_root.clone(), rootfs: config.rootfs.clone(), annotations, oom_events, console, namespace: config.namespace.clone(), wasm_memory })
+    }
+
+    /// A container the spawner created, loaded from its state, with the
+    /// read end of its guest's out-of-memory pipe.
+    pub(crate) fn adopt(config: &ContainerConfig, oom_events: Option<OwnedFd>) -> Result<Self, ContainerError> {
+        let spec = Spec::load(config.bundle.join("config.json")).ok();
+        let annotations = spec.as_ref().and_then(|spec| spec.annotations().clone()).unwrap_or_default();
+        let inner = Container::load(config.state_root.join(&config.id)).map_err(|source| ContainerError::Libcontainer {
+            id: config.id.clone(),
+            action: "load",
+            source,
+        })?;
+        Ok(Self {
+            id: config.id.clone(),
+            inner,
+            state_root: config.state_root.clone(),
+            rootfs: config.rootfs.clone(),
+            annotations,
+            oom_events,
+            console: None,
+            namespace: config.namespace.clone(),
+            wasm_memory: WasmMemoryLimit::from_spec(spec.as_ref()),
+        })
     }
 
     /// Load a container's state left by a shim that is gone, for cleanup.

@@ -196,7 +196,7 @@ fn run_wasm_in_container(
         preopens,
         memory_limit: guest_memory_limit(memory_limit.or(spec_memory_limit)),
     };
-    let sandbox = WasmSandbox::new()?;
+    let sandbox = WasmSandbox::shared()?;
     let module = sandbox.load(&workload.entrypoint, precompiled)?;
     // A component that handles requests instead of running (wasi:http/proxy)
     // is served; which world it is stays the sandbox's business.
@@ -216,5 +216,11 @@ fn run_wasm_in_container(
         .build()
         .map_err(|e| crate::wasm::WasmError::Engine(format!("cannot start the wasi runtime: {e}")))?;
     let _entered = runtime.enter();
+    // What the creating process allocated and freed (the spec, libcontainer's
+    // work, the module's bytes) is still in this process's heap, as pages
+    // of its own: give them back before the guest runs for as long as it
+    // likes.
+    // SAFETY: malloc_trim only returns free heap memory to the kernel.
+    unsafe { libc::malloc_trim(0) };
     sandbox.run(&workload.entrypoint, &module, workload.export.as_deref(), &setup)
 }

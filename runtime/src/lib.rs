@@ -16,6 +16,7 @@ pub mod executor;
 pub mod fork_guard;
 pub mod http;
 pub mod preopens;
+pub mod spawner;
 pub mod stdio;
 pub mod tty;
 pub mod wasm;

@@ -31,7 +31,7 @@ pub enum StdioError {
 }
 
 /// Paths of the three streams; an empty path means /dev/null.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StdioPaths {
     pub stdin: String,
     pub stdout: String,

@@ -56,7 +56,10 @@ pub fn new_engine() -> Result<Engine, WasmError> {
     Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))
 }
 
-/// The shim's engine, made once and shared by every container it creates.
+/// The shim's engine, made once and shared by every container it creates:
+/// a container's process is a clone of the shim, so the engine's pages stay
+/// shared instead of each container building an engine of its own. Shim
+/// threads use it under [`crate::fork_guard::for_shared_state`].
 fn shared_engine() -> Result<&'static Engine, WasmError> {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     if let Some(engine) = ENGINE.get() {
@@ -64,6 +67,11 @@ fn shared_engine() -> Result<&'static Engine, WasmError> {
     }
     let engine = new_engine()?;
     Ok(ENGINE.get_or_init(|| engine))
+}
+
+/// Make the shared engine now (the spawner does, before its first fork).
+pub(crate) fn warm_shared_engine() -> Result<(), WasmError> {
+    shared_engine().map(|_| ())
 }
 
 /// What a wasm file holds, from its header: a core module or a component.
@@ -79,6 +87,7 @@ pub fn artifact_kind(bytes: &[u8]) -> ArtifactKind {
 /// container, through the compile cache: the container then only loads
 /// machine code.
 pub fn precompile(module_path: &Path, module: &[u8], cache: &CompileCache) -> Result<(Arc<Vec<u8>>, CacheOutcome), WasmError> {
+    let _no_clone = crate::fork_guard::for_shared_state();
     let engine = shared_engine()?;
     let kind = artifact_kind(module);
     let (artifact, outcome) = cache.artifact(engine, module, kind).map_err(|source| WasmError::Cache {
@@ -162,6 +171,12 @@ impl WasmSandbox {
         Ok(Self { engine: new_engine()? })
     }
 
+    /// A sandbox on the engine the shim precompiled with (see
+    /// [`shared_engine`]); made now if this process has none yet.
+    pub fn shared() -> Result<Self, WasmError> {
+        Ok(Self { engine: shared_engine()?.clone() })
+    }
+
     /// The engine programs are loaded with (http.rs serves on it).
     pub fn engine(&self) -> &Engine {
         &self.engine
@@ -171,20 +186,27 @@ impl WasmSandbox {
     /// load, else compiled from the file (binary or text).
     pub fn load(&self, path: &Path, precompiled: Option<&[u8]>) -> Result<Program, WasmError> {
         let load_err = |e: wasmtime::Error| WasmError::Load { path: path.to_path_buf(), message: format!("{e:#}") };
+        // The artifact says what it holds: the module file is read only
+        // when there is none or it does not load.
+        if let Some(artifact) = precompiled {
+            match Engine::detect_precompiled(artifact) {
+                Some(wasmtime::Precompiled::Component) => {
+                    if let Some(component) = load_component_artifact(&self.engine, artifact) {
+                        return Ok(Program::Component(component));
+                    }
+                }
+                Some(wasmtime::Precompiled::Module) => {
+                    if let Some(module) = load_artifact(&self.engine, artifact) {
+                        return Ok(Program::Module(module));
+                    }
+                }
+                None => {}
+            }
+        }
         let bytes = std::fs::read(path).map_err(|e| load_err(e.into()))?;
         match artifact_kind(&bytes) {
-            ArtifactKind::Component => {
-                if let Some(component) = precompiled.and_then(|a| load_component_artifact(&self.engine, a)) {
-                    return Ok(Program::Component(component));
-                }
-                Component::new(&self.engine, &bytes).map(Program::Component).map_err(load_err)
-            }
-            ArtifactKind::Module => {
-                if let Some(module) = precompiled.and_then(|a| load_artifact(&self.engine, a)) {
-                    return Ok(Program::Module(module));
-                }
-                Module::new(&self.engine, &bytes).map(Program::Module).map_err(load_err)
-            }
+            ArtifactKind::Component => Component::new(&self.engine, &bytes).map(Program::Component).map_err(load_err),
+            ArtifactKind::Module => Module::new(&self.engine, &bytes).map(Program::Module).map_err(load_err),
         }
     }
 

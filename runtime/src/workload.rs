@@ -50,7 +50,7 @@ pub enum WorkloadError {
 }
 
 /// What kind of executable the entrypoint is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WorkloadKind {
     /// An ELF binary or a `#!` script: executed by the kernel.
     Native,
@@ -71,7 +71,7 @@ impl WorkloadKind {
 
 /// The decision for one process: its kind and where its entrypoint is, both
 /// inside the container (`entrypoint`) and as seen from the shim (`host_path`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Workload {
     pub kind: WorkloadKind,
     /// The entrypoint's absolute path inside the container.

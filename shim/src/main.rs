@@ -58,6 +58,23 @@ fn main() {
             }
         }
     }
+    // One malloc arena per process instead of one per thread (up to eight
+    // per core): a wasm container made in the shim is its clone, and every
+    // page the shim writes after that clone stays, as a private copy, in the
+    // container; one made by the spawner has a tokio worker, which would get
+    // an arena of its own. Neither allocates enough for the lock to matter.
+    // SAFETY: mallopt only sets a malloc tunable; no memory is passed.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    // The process that serves containers (no action: not `start`, not
+    // `delete`) forks its wasm container spawner now, while it is still
+    // single-threaded (see hybrid_runtime::spawner). HYBRID_SPAWNER=off
+    // makes every container in the shim itself.
+    let serving = containerd_shim::parse(&args[1..]).is_ok_and(|flags| flags.action.is_empty());
+    if serving && std::env::var("HYBRID_SPAWNER").as_deref() != Ok("off") {
+        if let Err(e) = hybrid_runtime::spawner::start() {
+            eprintln!("{RUNTIME_ID}: no wasm spawner, containers are made in the shim: {e}");
+        }
+    }
     let config = containerd_shim::Config {
         // We log through tracing to containerd's log fifo (see shim::init_logging).
         no_setup_logger: true,

@@ -17,7 +17,24 @@ fn shim_address(env: &Env, id: &str) -> String {
 /// Pids of our shim processes serving `socket`. A wasm container's init is
 /// a clone of the shim that never execs, so it carries the shim's command
 /// line too; it lives in the container's pid namespace, the shim in ours.
+/// The shim processes serving `socket` (not their wasm spawners).
 fn shims_on(socket: &str) -> Vec<i32> {
+    shim_processes_on(socket).into_iter().filter(|pid| !is_spawner(*pid)).collect()
+}
+
+/// The wasm spawners of the shims serving `socket`.
+fn spawners_on(socket: &str) -> Vec<i32> {
+    shim_processes_on(socket).into_iter().filter(|pid| is_spawner(*pid)).collect()
+}
+
+fn is_spawner(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "hybrid-spawner")
+}
+
+/// Processes with the shim's command line for `socket`: the shim and its
+/// spawner (a fork of it), in our pid namespace (a wasm container made in
+/// the shim is a clone of it, in a pid namespace of its own).
+fn shim_processes_on(socket: &str) -> Vec<i32> {
     let our_pid_ns = std::fs::read_link("/proc/self/ns/pid").ok();
     processes_mentioning(socket)
         .into_iter()
@@ -74,6 +91,7 @@ fn a_group_is_served_by_one_shim_until_its_last_container_is_deleted() {
     assert_eq!(address, shim_address(env, &wasm), "both containers of the group talk to one shim");
     let socket = address.trim_start_matches("unix://").to_string();
     assert_eq!(shims_on(&socket).len(), 1, "exactly one shim process serves {socket}");
+    assert_eq!(spawners_on(&socket).len(), 1, "the shim has one wasm spawner");
 
     // Deleting the first container leaves the shim serving the second.
     remove(env, &native);
@@ -83,6 +101,7 @@ fn a_group_is_served_by_one_shim_until_its_last_container_is_deleted() {
     assert_eq!(env.task_status(&wasm).as_deref(), Some("RUNNING"));
     remove(env, &wasm);
     assert!(wait_until(Duration::from_secs(5), || shims_on(&socket).is_empty()), "the shim exits after its last container");
+    assert!(wait_until(Duration::from_secs(5), || spawners_on(&socket).is_empty()), "its spawner goes with it");
 }
 
 #[test]
@@ -97,6 +116,7 @@ fn a_killed_shim_is_cleaned_up_by_delete() {
     let shims = shims_on(&socket);
     assert_eq!(shims.len(), 1, "one shim for {id}");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).expect("kill shim");
+    assert!(wait_until(Duration::from_secs(5), || spawners_on(&socket).is_empty()), "the spawner dies with its shim");
 
     // containerd sees the shim go, runs `containerd-shim-hybrid-v2 delete`,
     // and reports the task stopped.
@@ -145,6 +165,7 @@ fn two_hundred_cycles_leak_no_fd_mount_cgroup_or_zombie() {
     run_detached(env, &anchor, &image("sleep-wat"), Some(&group), &[]);
     let socket = shim_address(env, &anchor).trim_start_matches("unix://").to_string();
     let shim = shims_on(&socket)[0];
+    let spawner = spawners_on(&socket)[0];
     let annotation = format!("{GROUP_ANNOTATION}={group}");
     let cycle = |n: usize| {
         let id = format!("{group}-c{n}");
@@ -165,9 +186,12 @@ fn two_hundred_cycles_leak_no_fd_mount_cgroup_or_zombie() {
         cycle(n);
     }
     let fds_before = fd_count(shim);
+    let spawner_fds_before = fd_count(spawner);
     for n in 10..210 {
         cycle(n);
     }
+    assert_eq!(fd_count(spawner), spawner_fds_before, "the spawner holds no descriptor of a container");
+    assert_eq!(zombie_children(spawner), 0, "zombies under the spawner");
     assert!(
         wait_until(Duration::from_secs(5), || fd_count(shim) <= fds_before),
         "shim fds grew from {fds_before} to {}",
