@@ -228,9 +228,13 @@ async fn add_error(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)], dest
     let ctx = temp.path().join("ctx");
     write(&ctx, "x.tar", &tar_with(entries));
     write(&ctx, "Dockerfile", format!("FROM scratch\n\nADD x.tar {dest}\n").as_bytes());
-    let err = build_context(&ctx).await.unwrap_err();
+    chain(&build_context(&ctx).await.unwrap_err())
+}
+
+/// An error with its sources, as `hybrid build` prints it.
+pub(crate) fn chain(err: &BuildError) -> String {
     let mut message = err.to_string();
-    let mut source = std::error::Error::source(&err);
+    let mut source = std::error::Error::source(err);
     while let Some(s) = source {
         message.push_str(&format!(": {s}"));
         source = s.source();

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
 
-use super::{archive_path, options, read_archive, write};
+use super::{archive_path, chain, options, read_archive, write};
 use crate::*;
 
 /// Serve `routes` (path → body; anything else 404) on loopback until the
@@ -41,16 +41,6 @@ async fn build_url(ctx: &Path, dockerfile: &str) -> Result<ImageInfo, BuildError
     let mut opts = options(ctx, &archive_path(ctx));
     opts.cache_dir = Some(ctx.parent().unwrap().join("cache"));
     build(&opts).await
-}
-
-fn chain(err: &BuildError) -> String {
-    let mut message = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        message.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    message
 }
 
 #[tokio::test]

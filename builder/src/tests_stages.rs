@@ -3,23 +3,13 @@
 
 use std::path::Path;
 
-use super::{archive_path, options, read_archive, write};
+use super::{archive_path, chain, options, read_archive, write};
 use crate::*;
 
 async fn build_with(context: &Path, adjust: impl FnOnce(&mut BuildOptions)) -> Result<ImageInfo, BuildError> {
     let mut opts = options(context, &archive_path(context));
     adjust(&mut opts);
     build(&opts).await
-}
-
-fn chain(err: &BuildError) -> String {
-    let mut message = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        message.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    message
 }
 
 #[tokio::test]
