@@ -4,8 +4,11 @@
 //! An entry's key is sha256(module bytes ‖ the engine's compatibility hash),
 //! so a new wasmtime or other codegen settings miss instead of loading code
 //! built for another engine. Entries are written atomically (temp file +
-//! rename) in a root-only directory and carry the sha256 of their own
-//! content: a corrupt entry is recompiled, never handed to wasmtime.
+//! rename) in a root-only directory and end with the sha256 of the rest:
+//! a corrupt entry is recompiled, never handed to wasmtime. Verified
+//! entries are mapped (`deserialize_file`, which ignores the trailing
+//! checksum), not copied: every container running a module shares its
+//! machine code through the page cache.
 
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -105,40 +108,33 @@ impl CompileCache {
         Ok((path, CacheOutcome::Compiled))
     }
 
-    /// The precompiled artifact for `module`, from the cache or compiled
-    /// now (and stored). The bytes are what `load_artifact` takes.
-    pub fn artifact(&self, engine: &Engine, module: &[u8], kind: ArtifactKind) -> Result<(Vec<u8>, CacheOutcome), CacheError> {
-        let (path, outcome) = self.ensure(engine, module, kind)?;
-        let artifact = read_verified(&path).ok_or_else(|| CacheError::Io {
-            path: path.clone(),
-            source: std::io::Error::other("entry vanished or changed right after it was written"),
-        })?;
-        Ok((artifact, outcome))
-    }
-
     /// Load an entry as a module, or None when it is missing, corrupt or
     /// was built for another engine (the caller then compiles).
     pub fn load(engine: &Engine, path: &Path) -> Option<Module> {
-        load_artifact(engine, &read_verified(path)?)
+        read_verified(path)?;
+        load_artifact_file(engine, fs::File::open(path).ok()?)
     }
 }
 
-/// A component from verified artifact bytes, or None when wasmtime
+/// A component from the bytes of an entry [`CompileCache::ensure`]
+/// verified (the trailing checksum included), or None when wasmtime
 /// refuses them.
-pub fn load_component_artifact(engine: &Engine, artifact: &[u8]) -> Option<Component> {
-    // SAFETY: as for load_artifact, with precompile_component.
-    usable(unsafe { Component::deserialize(engine, artifact) })
+pub fn load_component_artifact_bytes(engine: &Engine, entry: &[u8]) -> Option<Component> {
+    // SAFETY: as for load_artifact_file, with precompile_component.
+    usable(unsafe { Component::deserialize(engine, entry) })
 }
 
-/// A module from verified artifact bytes, or None when wasmtime refuses
-/// them (another engine's artifact).
-pub fn load_artifact(engine: &Engine, artifact: &[u8]) -> Option<Module> {
-    // SAFETY: wasmtime requires the bytes to come from precompile_module
-    // of a compatible engine. The entry is root-only, written atomically
-    // by us, and its checksum was just verified, so it is exactly what
-    // precompile_module produced; wasmtime itself rejects another
+/// A module from an open entry [`CompileCache::ensure`] verified, mapped
+/// (wasmtime ignores the trailing checksum), or None when wasmtime refuses
+/// it (another engine's artifact).
+pub fn load_artifact_file(engine: &Engine, entry: fs::File) -> Option<Module> {
+    // SAFETY: wasmtime requires the file to hold what precompile_module
+    // of a compatible engine produced, unchanged while mapped. The entry
+    // is root-only and written once, atomically (a new file renamed into
+    // place; never modified), and its checksum was verified when it was
+    // ensured, so it is exactly that; wasmtime itself rejects another
     // engine's artifact by its header.
-    usable(unsafe { Module::deserialize(engine, artifact) })
+    usable(unsafe { Module::deserialize_open_file(engine, entry) })
 }
 
 /// A deserialized entry, or None (logged) so that the caller compiles.
@@ -154,8 +150,8 @@ impl CompileCache {
         // An existing directory keeps its mode; make sure it is root-only.
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(io_err(&self.dir))?;
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io_err(&self.dir))?;
-        tmp.write_all(&Sha256::digest(compiled)).map_err(io_err(tmp.path()))?;
         tmp.write_all(compiled).map_err(io_err(tmp.path()))?;
+        tmp.write_all(&Sha256::digest(compiled)).map_err(io_err(tmp.path()))?;
         tmp.as_file().sync_all().map_err(io_err(path))?;
         tmp.persist(path).map_err(|e| CacheError::Io { path: path.to_path_buf(), source: e.error })?;
         Ok(())
@@ -186,14 +182,13 @@ impl CompileCache {
     }
 }
 
-/// The artifact of a valid entry (its checksum matches), or None.
-fn read_verified(path: &Path) -> Option<Vec<u8>> {
-    let mut bytes = fs::read(path).ok()?;
-    if bytes.len() <= CHECKSUM_LEN {
-        return None;
-    }
-    let artifact = bytes.split_off(CHECKSUM_LEN);
-    (Sha256::digest(&artifact).as_slice() == bytes.as_slice()).then_some(artifact)
+/// Some when `path` is a valid entry: its trailing checksum matches the
+/// artifact before it.
+fn read_verified(path: &Path) -> Option<()> {
+    let bytes = fs::read(path).ok()?;
+    let split = bytes.len().checked_sub(CHECKSUM_LEN).filter(|&n| n > 0)?;
+    let (artifact, checksum) = bytes.split_at(split);
+    (Sha256::digest(artifact).as_slice() == checksum).then_some(())
 }
 
 fn touch(path: &Path) {
@@ -253,3 +248,4 @@ mod tests {
         assert!(second.exists(), "the newest entry stays");
     }
 }
+

@@ -124,8 +124,8 @@ impl HybridContainer {
             let root = spec.as_ref().map(crate::preopens::RootView::from_spec).unwrap_or_default();
             crate::preopens::preopens_for(&cwd, &annotations, &root).map_err(crate::wasm::WasmError::from)?;
             let module = read_entrypoint(&config.rootfs, &workload)?;
-            let (artifact, _outcome) = wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?;
-            Some(artifact)
+            let (entry, _outcome) = wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?;
+            wasm::PrecompiledEntry::open(&entry, wasm::artifact_kind(&module))
         } else {
             None
         };

@@ -3,7 +3,6 @@
 //! namespaces and cgroup; a wasm module runs in a sandbox there.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
@@ -22,7 +21,7 @@ pub struct PreparedExec {
     pub exec_id: String,
     pub workload: Workload,
     process_file: PathBuf,
-    precompiled: Option<Arc<Vec<u8>>>,
+    precompiled: Option<crate::wasm::PrecompiledEntry>,
     stdio: StdioPaths,
     terminal: bool,
 }
@@ -53,7 +52,8 @@ impl HybridContainer {
         let workload = decide_process(&args, &env, process.cwd(), self.annotations(), self.rootfs())?;
         let precompiled = if workload.kind.is_wasm() {
             let module = read_entrypoint(self.rootfs(), &workload)?;
-            Some(wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?.0)
+            let (entry, _outcome) = wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?;
+            wasm::PrecompiledEntry::open(&entry, wasm::artifact_kind(&module))
         } else {
             None
         };

@@ -3,9 +3,8 @@
 //! process over to this executor. The decision was made before (see
 //! `workload`); here it is only carried out.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
@@ -13,7 +12,7 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 use oci_spec::runtime::Spec;
 
 use crate::limits::guest_memory_limit;
-use crate::wasm::{WasiSetup, WasmExit, WasmSandbox};
+use crate::wasm::{PrecompiledEntry, WasiSetup, WasmExit, WasmSandbox};
 use crate::workload::Workload;
 
 /// Runs a native workload by exec, or a wasm workload in the sandbox in this
@@ -23,7 +22,8 @@ pub struct HybridExecutor {
     workload: Workload,
     /// The module's machine code, compiled by the shim before the clone;
     /// the container's copy of these pages is shared copy-on-write.
-    precompiled: Option<Arc<Vec<u8>>>,
+    /// The module's compile cache entry, opened by the creator.
+    precompiled: Option<PrecompiledEntry>,
     /// The write end of a pipe to the shim (inherited through the clone): a
     /// byte on it says the guest ran out of memory, for a TaskOOM event.
     oom_notify: Option<RawFd>,
@@ -35,7 +35,7 @@ pub struct HybridExecutor {
 }
 
 impl HybridExecutor {
-    pub fn new(workload: Workload, precompiled: Option<Arc<Vec<u8>>>) -> Self {
+    pub fn new(workload: Workload, precompiled: Option<PrecompiledEntry>) -> Self {
         Self { workload, precompiled, oom_notify: None, memory_limit: None, http_port: crate::http::DEFAULT_HTTP_PORT }
     }
 
@@ -64,8 +64,13 @@ impl Executor for HybridExecutor {
         // (see close_cloexec_fds); this process's events would only print
         // write errors onto the guest's stderr.
         let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
-        let exit = run_wasm_in_container(spec, &self.workload, self.precompiled.as_deref().map(Vec::as_slice), self.oom_notify, self.memory_limit, self.http_port)
-            .map_err(|e| ExecutorError::Other(e.to_string()))?;
+        let exit = run_wasm_in_container(spec, &self.workload, self.precompiled.as_ref(), self.oom_notify, self.memory_limit, self.http_port)
+            .map_err(|e| {
+                // Nothing would show it otherwise: libcontainer ends the
+                // process with 255, and this process logs nowhere.
+                eprintln!("hybrid: {e}");
+                ExecutorError::Other(e.to_string())
+            })?;
         if exit.out_of_memory {
             if let Some(fd) = self.oom_notify {
                 // SAFETY: fd is the pipe's write end, kept open for this;
@@ -112,11 +117,12 @@ fn install_termination_handlers() {
 /// Do what execve would: close every descriptor marked close-on-exec.
 /// libcontainer marks all it inherited from the shim (its sockets, pipes)
 /// and, for an exec, waits for the close of one of them to know the process
-/// is running; the guest opens its own files afterwards.
-fn close_cloexec_fds(keep: Option<RawFd>) {
+/// is running; the guest opens its own files afterwards. `keep` are ours:
+/// the OOM pipe and the module's compile cache entry.
+fn close_cloexec_fds(keep: &[Option<RawFd>]) {
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return };
     let fds: Vec<i32> = fds.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
-    for fd in fds.into_iter().filter(|&fd| fd > 2 && Some(fd) != keep) {
+    for fd in fds.into_iter().filter(|&fd| fd > 2 && !keep.contains(&Some(fd))) {
         // SAFETY: F_GETFD only reads the descriptor's flags; a stale number (the
         // read_dir handle itself, now closed) just fails with EBADF.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -168,13 +174,14 @@ fn drop_capabilities_as_exec_would() {
 fn run_wasm_in_container(
     spec: &Spec,
     workload: &Workload,
-    precompiled: Option<&[u8]>,
+    precompiled: Option<&PrecompiledEntry>,
     oom_notify: Option<RawFd>,
     memory_limit: Option<i64>,
     http_port: u16,
 ) -> Result<WasmExit, crate::wasm::WasmError> {
     install_termination_handlers();
-    close_cloexec_fds(oom_notify);
+    let entry_fd = precompiled.map(|entry| entry.file.as_raw_fd());
+    close_cloexec_fds(&[oom_notify, entry_fd]);
     drop_capabilities_as_exec_would();
     name_process_after(&workload.entrypoint);
     let process = spec.process().as_ref();

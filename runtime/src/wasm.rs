@@ -5,7 +5,7 @@
 //! container is exactly what it sees inside one.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Config, Engine, Linker, Module, Store};
@@ -14,7 +14,7 @@ use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::preopens::Preopen;
-use crate::compile_cache::{load_artifact, load_component_artifact, ArtifactKind, CacheOutcome, CompileCache};
+use crate::compile_cache::{load_artifact_file, load_component_artifact_bytes, ArtifactKind, CacheOutcome, CompileCache};
 use crate::limits::SandboxLimits;
 
 /// The exit status of a module that trapped: the same a native process
@@ -86,16 +86,49 @@ pub fn artifact_kind(bytes: &[u8]) -> ArtifactKind {
 /// Compile `module` (binary or text, core module or component) ahead of the
 /// container, through the compile cache: the container then only loads
 /// machine code.
-pub fn precompile(module_path: &Path, module: &[u8], cache: &CompileCache) -> Result<(Arc<Vec<u8>>, CacheOutcome), WasmError> {
+pub fn precompile(module_path: &Path, module: &[u8], cache: &CompileCache) -> Result<(PathBuf, CacheOutcome), WasmError> {
     let _no_clone = crate::fork_guard::for_shared_state();
     let engine = shared_engine()?;
     let kind = artifact_kind(module);
-    let (artifact, outcome) = cache.artifact(engine, module, kind).map_err(|source| WasmError::Cache {
+    let (entry, outcome) = cache.ensure(engine, module, kind).map_err(|source| WasmError::Cache {
         path: module_path.to_path_buf(),
         source,
     })?;
     tracing::info!(module = ?module_path, ?outcome, "wasm module precompiled");
-    Ok((Arc::new(artifact), outcome))
+    Ok((entry, outcome))
+}
+
+/// A verified compile cache entry, opened by a container's creator: the
+/// container's root may not show the cache, so its process loads the
+/// program from this descriptor (see [`WasmSandbox::load`]).
+#[derive(Debug, Clone)]
+pub struct PrecompiledEntry {
+    pub file: std::sync::Arc<std::os::fd::OwnedFd>,
+    pub kind: ArtifactKind,
+}
+
+impl PrecompiledEntry {
+    /// Open the entry `path` holds for a module of `kind`.
+    pub fn open(path: &Path, kind: ArtifactKind) -> Option<Self> {
+        let file = std::fs::File::open(path).map_err(|e| tracing::warn!("cannot open compile cache entry {path:?}: {e}")).ok()?;
+        Some(Self { file: std::sync::Arc::new(file.into()), kind })
+    }
+
+    /// The program in the entry. A module's machine code is mapped from
+    /// the cache file, not copied: every container running the module
+    /// shares it through the page cache. None (logged) when wasmtime
+    /// refuses it.
+    fn load(&self, engine: &Engine) -> Option<Program> {
+        let file = std::fs::File::from(self.file.try_clone().map_err(|e| tracing::warn!("compile cache entry: {e}")).ok()?);
+        match self.kind {
+            ArtifactKind::Module => load_artifact_file(engine, file).map(Program::Module),
+            ArtifactKind::Component => {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut &file, &mut bytes).ok()?;
+                load_component_artifact_bytes(engine, &bytes).map(Program::Component)
+            }
+        }
+    }
 }
 
 /// What the guest sees: its argv, environment and preopened directories.
@@ -182,26 +215,12 @@ impl WasmSandbox {
         &self.engine
     }
 
-    /// The program at `path`: from `precompiled` artifact bytes when they
-    /// load, else compiled from the file (binary or text).
-    pub fn load(&self, path: &Path, precompiled: Option<&[u8]>) -> Result<Program, WasmError> {
+    /// The program at `path`: from its `precompiled` compile cache entry
+    /// when that loads, else compiled from the file (binary or text).
+    pub fn load(&self, path: &Path, precompiled: Option<&PrecompiledEntry>) -> Result<Program, WasmError> {
         let load_err = |e: wasmtime::Error| WasmError::Load { path: path.to_path_buf(), message: format!("{e:#}") };
-        // The artifact says what it holds: the module file is read only
-        // when there is none or it does not load.
-        if let Some(artifact) = precompiled {
-            match Engine::detect_precompiled(artifact) {
-                Some(wasmtime::Precompiled::Component) => {
-                    if let Some(component) = load_component_artifact(&self.engine, artifact) {
-                        return Ok(Program::Component(component));
-                    }
-                }
-                Some(wasmtime::Precompiled::Module) => {
-                    if let Some(module) = load_artifact(&self.engine, artifact) {
-                        return Ok(Program::Module(module));
-                    }
-                }
-                None => {}
-            }
+        if let Some(program) = precompiled.and_then(|entry| entry.load(&self.engine)) {
+            return Ok(program);
         }
         let bytes = std::fs::read(path).map_err(|e| load_err(e.into()))?;
         match artifact_kind(&bytes) {
