@@ -125,7 +125,7 @@ impl HybridContainer {
             crate::preopens::preopens_for(&cwd, &annotations, &root).map_err(crate::wasm::WasmError::from)?;
             let module = read_entrypoint(&config.rootfs, &workload)?;
             let (entry, _outcome) = wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?;
-            wasm::PrecompiledEntry::open(&entry, wasm::artifact_kind(&module))
+            Some((entry, wasm::artifact_kind(&module)))
         } else {
             None
         };
@@ -143,6 +143,7 @@ impl HybridContainer {
         if let Some(spec) = &spec {
             crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle, spec)?;
         }
+        let precompiled = precompiled.and_then(|(entry, kind)| wasm::PrecompiledEntry::open(&entry, kind));
         // A wasm guest that runs out of memory says so on this pipe; the
         // write end reaches the container through the clone and is closed
         // here once it is created, so the read end sees EOF at its exit.
@@ -199,23 +200,13 @@ impl HybridContainer {
     /// read end of its guest's out-of-memory pipe.
     pub(crate) fn adopt(config: &ContainerConfig, oom_events: Option<OwnedFd>) -> Result<Self, ContainerError> {
         let spec = Spec::load(config.bundle.join("config.json")).ok();
-        let annotations = spec.as_ref().and_then(|spec| spec.annotations().clone()).unwrap_or_default();
-        let inner = Container::load(config.state_root.join(&config.id)).map_err(|source| ContainerError::Libcontainer {
-            id: config.id.clone(),
-            action: "load",
-            source,
-        })?;
-        Ok(Self {
-            id: config.id.clone(),
-            inner,
-            state_root: config.state_root.clone(),
-            rootfs: config.rootfs.clone(),
-            annotations,
-            oom_events,
-            console: None,
-            namespace: config.namespace.clone(),
-            wasm_memory: WasmMemoryLimit::from_spec(spec.as_ref()),
-        })
+        let mut container = Self::load(&config.state_root, &config.id)?;
+        container.rootfs = config.rootfs.clone();
+        container.annotations = spec.as_ref().and_then(|spec| spec.annotations().clone()).unwrap_or_default();
+        container.oom_events = oom_events;
+        container.namespace = config.namespace.clone();
+        container.wasm_memory = WasmMemoryLimit::from_spec(spec.as_ref());
+        Ok(container)
     }
 
     /// Load a container's state left by a shim that is gone, for cleanup.
