@@ -5,10 +5,10 @@
 //! so a new wasmtime or other codegen settings miss instead of loading code
 //! built for another engine. Entries are written atomically (temp file +
 //! rename) in a root-only directory and end with the sha256 of the rest:
-//! a corrupt entry is recompiled, never handed to wasmtime. Verified
-//! entries are mapped (`deserialize_file`, which ignores the trailing
-//! checksum), not copied: every container running a module shares its
-//! machine code through the page cache.
+//! a corrupt entry is recompiled, never handed to wasmtime. A verified
+//! module entry is mapped (`Module::deserialize_open_file`, which ignores
+//! the trailing checksum), not copied: every container running a module
+//! shares its machine code through the page cache.
 
 use std::fs;
 use std::hash::{Hash, Hasher};
