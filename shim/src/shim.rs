@@ -109,9 +109,26 @@ pub fn start(flags: &Flags) -> containerd_shim::Result<String> {
 
 fn spawn_for_group(opts: StartOpts, bundle: &Path) -> containerd_shim::Result<String> {
     let grouping = group_of(bundle).unwrap_or_else(|| opts.id.clone());
+    // A container joining a group whose shim is up (a pod's second
+    // container) is served by that shim: say its address at once instead of
+    // starting a process that would only find the socket taken and exit (a
+    // second exec of this binary on every container start in a pod). A shim
+    // that shuts down in between fails this create, the race runc's shim
+    // (and the spawned process's own check) has too.
+    let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &grouping);
+    if grouping != opts.id && shim_answers(&address) {
+        containerd_shim::util::write_address(&address)?;
+        return Ok(address);
+    }
     let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
     containerd_shim::util::write_address(&address)?;
     Ok(address)
+}
+
+/// Whether a shim listens on this ttrpc address (`unix://PATH`).
+fn shim_answers(address: &str) -> bool {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    std::os::unix::net::UnixStream::connect(path).is_ok()
 }
 
 /// The group this bundle's container joins, from its spec's annotations.
