@@ -21,7 +21,7 @@ use wasmtime::component::Component;
 use wasmtime::{Engine, Module};
 
 /// What an entry holds: a core module or a component, compiled differently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ArtifactKind {
     Module,
     Component,

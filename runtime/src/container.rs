@@ -97,6 +97,25 @@ pub struct HybridContainer {
     wasm_memory: WasmMemoryLimit,
 }
 
+/// What Create reads of the bundle's spec. A spec that cannot be read
+/// leaves the defaults here; libcontainer then names what is wrong with it.
+pub(crate) struct SpecView {
+    spec: Option<Spec>,
+    annotations: HashMap<String, String>,
+    wasm_memory: WasmMemoryLimit,
+    terminal: bool,
+}
+
+impl SpecView {
+    pub(crate) fn load(bundle: &Path) -> Self {
+        let spec = Spec::load(bundle.join("config.json")).ok();
+        let annotations = spec.as_ref().and_then(|spec| spec.annotations().clone()).unwrap_or_default();
+        let wasm_memory = WasmMemoryLimit::from_spec(spec.as_ref());
+        let terminal = spec.as_ref().and_then(|s| s.process().as_ref()).and_then(|p| p.terminal()).unwrap_or(false);
+        Self { spec, annotations, wasm_memory, terminal }
+    }
+}
+
 impl HybridContainer {
     /// Create the container: namespaces, rootfs, cgroup, and an init process
     /// that waits for `start`. `workload` says what the init process will run.
@@ -107,35 +126,45 @@ impl HybridContainer {
     /// [`create`](Self::create), with the tcp port the image EXPOSEs: where
     /// a wasi:http component listens unless an annotation says otherwise.
     pub fn create_with_image_port(config: &ContainerConfig, workload: Workload, image_port: Option<u16>) -> Result<Self, ContainerError> {
-        let id = config.id.clone();
-        let spec = Spec::load(config.bundle.join("config.json")).ok();
-        let annotations = spec.as_ref().and_then(|spec| spec.annotations().clone()).unwrap_or_default();
-        let wasm_memory = WasmMemoryLimit::from_spec(spec.as_ref());
-        let terminal = spec.as_ref().and_then(|s| s.process().as_ref()).and_then(|p| p.terminal()).unwrap_or(false);
-        let lc = |action| {
-            let id = id.clone();
-            move |source| ContainerError::Libcontainer { id, action, source }
-        };
+        let view = SpecView::load(&config.bundle);
         // Compile before the container exists: a bad module fails Create,
         // and the cache makes every later start load machine code only.
-        let precompiled = if workload.kind.is_wasm() {
+        let compiled = if workload.kind.is_wasm() {
             // A bad preopens annotation fails Create, not the guest's start.
-            let cwd = spec.as_ref().and_then(|s| s.process().as_ref()).map(|p| p.cwd().clone()).unwrap_or_default();
-            let root = spec.as_ref().map(crate::preopens::RootView::from_spec).unwrap_or_default();
-            crate::preopens::preopens_for(&cwd, &annotations, &root).map_err(crate::wasm::WasmError::from)?;
+            let cwd = view.spec.as_ref().and_then(|s| s.process().as_ref()).map(|p| p.cwd().clone()).unwrap_or_default();
+            let root = view.spec.as_ref().map(crate::preopens::RootView::from_spec).unwrap_or_default();
+            crate::preopens::preopens_for(&cwd, &view.annotations, &root).map_err(crate::wasm::WasmError::from)?;
             let module = read_entrypoint(&config.rootfs, &workload)?;
             let (entry, _outcome) = wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?;
-            Some((entry, wasm::artifact_kind(&module)))
+            Some(wasm::CompiledEntry { path: entry, kind: wasm::artifact_kind(&module) })
         } else {
             None
         };
         // Idle wasm containers are cheapest cloned from the spawner (see
-        // spawner.rs), which runs this very function (and finds the module
-        // compiled already).
+        // spawner.rs), which makes them with `make`, handed the entry just
+        // checked here (no second read of the module).
         let logs_to_a_binary = config.stdio.stdout.starts_with("binary://");
-        if workload.kind.is_wasm() && !terminal && !logs_to_a_binary && crate::spawner::available() {
-            return crate::spawner::create(config, &workload, image_port);
+        if workload.kind.is_wasm() && !view.terminal && !logs_to_a_binary && crate::spawner::available() {
+            return crate::spawner::create(config, &workload, image_port, compiled, view);
         }
+        Self::make(config, workload, image_port, compiled, view)
+    }
+
+    /// Make the container: its module (if wasm) already compiled into the
+    /// cache entry `compiled`.
+    pub(crate) fn make(
+        config: &ContainerConfig,
+        workload: Workload,
+        image_port: Option<u16>,
+        compiled: Option<wasm::CompiledEntry>,
+        view: SpecView,
+    ) -> Result<Self, ContainerError> {
+        let SpecView { spec, annotations, wasm_memory, terminal } = view;
+        let id = config.id.clone();
+        let lc = |action| {
+            let id = id.clone();
+            move |source| ContainerError::Libcontainer { id, action, source }
+        };
         std::fs::create_dir_all(&config.state_root).map_err(|e| ContainerError::StateRoot {
             path: config.state_root.clone(),
             source: e,
@@ -143,7 +172,7 @@ impl HybridContainer {
         if let Some(spec) = &spec {
             crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle, spec)?;
         }
-        let precompiled = precompiled.and_then(|(entry, kind)| wasm::PrecompiledEntry::open(&entry, kind));
+        let precompiled = compiled.and_then(|entry| wasm::PrecompiledEntry::open(&entry.path, entry.kind));
         // A wasm guest that runs out of memory says so on this pipe; the
         // write end reaches the container through the clone and is closed
         // here once it is created, so the read end sees EOF at its exit.
@@ -198,14 +227,13 @@ impl HybridContainer {
 
     /// A container the spawner created, loaded from its state, with the
     /// read end of its guest's out-of-memory pipe.
-    pub(crate) fn adopt(config: &ContainerConfig, oom_events: Option<OwnedFd>) -> Result<Self, ContainerError> {
-        let spec = Spec::load(config.bundle.join("config.json")).ok();
+    pub(crate) fn adopt(config: &ContainerConfig, oom_events: Option<OwnedFd>, view: SpecView) -> Result<Self, ContainerError> {
         let mut container = Self::load(&config.state_root, &config.id)?;
         container.rootfs = config.rootfs.clone();
-        container.annotations = spec.as_ref().and_then(|spec| spec.annotations().clone()).unwrap_or_default();
+        container.annotations = view.annotations;
         container.oom_events = oom_events;
         container.namespace = config.namespace.clone();
-        container.wasm_memory = WasmMemoryLimit::from_spec(spec.as_ref());
+        container.wasm_memory = view.wasm_memory;
         Ok(container)
     }
 

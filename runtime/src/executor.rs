@@ -120,9 +120,7 @@ fn install_termination_handlers() {
 /// is running; the guest opens its own files afterwards. `keep` are ours:
 /// the OOM pipe and the module's compile cache entry.
 fn close_cloexec_fds(keep: &[Option<RawFd>]) {
-    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return };
-    let fds: Vec<i32> = fds.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
-    for fd in fds.into_iter().filter(|&fd| fd > 2 && !keep.contains(&Some(fd))) {
+    for fd in crate::fds::open_above_stdio().into_iter().filter(|&fd| !keep.contains(&Some(fd))) {
         // SAFETY: F_GETFD only reads the descriptor's flags; a stale number (the
         // read_dir handle itself, now closed) just fails with EBADF.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };

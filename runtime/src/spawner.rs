@@ -7,8 +7,9 @@
 //! of KiB per idle container. So the shim forks a *spawner* first thing,
 //! while it is small and single-threaded. The spawner makes the shared wasm
 //! engine and then only waits: for each container it forks a short-lived
-//! creator, which runs the very same [`HybridContainer::create_with_image_port`]
-//! (libcontainer's clones included), sends back the guest's out-of-memory
+//! creator, which makes the container as the shim would (libcontainer's
+//! clones included; the module already compiled by the shim), sends back
+//! the guest's out-of-memory
 //! pipe, and exits. The container's init process is then adopted by the
 //! shim, a child subreaper, and the shim loads the container from its
 //! state as if it had made it.
@@ -30,7 +31,8 @@ use nix::sys::time::TimeVal;
 use nix::unistd::{fork, ForkResult};
 use serde::{Deserialize, Serialize};
 
-use crate::container::{ContainerConfig, ContainerError, HybridContainer};
+use crate::container::{ContainerConfig, ContainerError, HybridContainer, SpecView};
+use crate::wasm::CompiledEntry;
 use crate::workload::Workload;
 
 /// A request is a container's config: well under this.
@@ -47,6 +49,8 @@ struct Request {
     config: ContainerConfig,
     workload: Workload,
     image_port: Option<u16>,
+    /// The module's compile cache entry, checked by the shim.
+    compiled: Option<CompiledEntry>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -90,10 +94,18 @@ pub(crate) fn available() -> bool {
 }
 
 /// Create the container of `config` through the spawner, then load it here.
-pub(crate) fn create(config: &ContainerConfig, workload: &Workload, image_port: Option<u16>) -> Result<HybridContainer, ContainerError> {
+/// `compiled` is the module's compile cache entry, checked by the caller;
+/// `view` what the caller read of the spec.
+pub(crate) fn create(
+    config: &ContainerConfig,
+    workload: &Workload,
+    image_port: Option<u16>,
+    compiled: Option<CompiledEntry>,
+    view: SpecView,
+) -> Result<HybridContainer, ContainerError> {
     let spawner_err = |message: String| ContainerError::Spawner { id: config.id.clone(), message };
     let socket = SPAWNER.get().ok_or_else(|| spawner_err("no spawner".to_string()))?;
-    let request = Request { config: config.clone(), workload: workload.clone(), image_port };
+    let request = Request { config: config.clone(), workload: workload.clone(), image_port, compiled };
     let bytes = serde_json::to_vec(&request).map_err(|e| spawner_err(e.to_string()))?;
     // One create at a time: a request and its answer share the socket.
     let socket = socket.lock().unwrap_or_else(|p| p.into_inner());
@@ -102,7 +114,7 @@ pub(crate) fn create(config: &ContainerConfig, workload: &Workload, image_port: 
     let (answer, fds) = receive(socket.as_raw_fd()).map_err(|e| spawner_err(format!("no answer: {e}")))?;
     drop(socket);
     match serde_json::from_slice::<Answer>(&answer) {
-        Ok(Answer::Created) => HybridContainer::adopt(config, fds.into_iter().next()),
+        Ok(Answer::Created) => HybridContainer::adopt(config, fds.into_iter().next(), view),
         Ok(Answer::Failed(message)) => Err(spawner_err(message)),
         Err(e) => Err(spawner_err(format!("bad answer: {e}"))),
     }
@@ -187,10 +199,7 @@ fn detach_descriptors(keep: RawFd) {
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
         }
     }
-    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .map(|dir| dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default();
-    for fd in open.into_iter().filter(|&fd| fd > 2 && fd != keep) {
+    for fd in crate::fds::open_above_stdio().into_iter().filter(|&fd| fd != keep) {
         // SAFETY: nothing in this process uses these descriptors (they are
         // the shim's, inherited by the fork); a stale number (the closed
         // read_dir handle) fails with EBADF.
@@ -204,7 +213,8 @@ fn create_for_shim(request: &[u8]) -> (Answer, Option<OwnedFd>) {
         Ok(request) => request,
         Err(e) => return (Answer::Failed(format!("bad request: {e}")), None),
     };
-    match HybridContainer::create_with_image_port(&request.config, request.workload, request.image_port) {
+    let view = SpecView::load(&request.config.bundle);
+    match HybridContainer::make(&request.config, request.workload, request.image_port, request.compiled, view) {
         Ok(mut container) => (Answer::Created, container.take_oom_events().map(OwnedFd::from)),
         Err(e) => (Answer::Failed(e.to_string()), None),
     }

@@ -98,6 +98,14 @@ pub fn precompile(module_path: &Path, module: &[u8], cache: &CompileCache) -> Re
     Ok((entry, outcome))
 }
 
+/// A module's compile cache entry, checked (see [`precompile`]), by path:
+/// what the shim hands the spawner's creator.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CompiledEntry {
+    pub path: PathBuf,
+    pub kind: ArtifactKind,
+}
+
 /// A verified compile cache entry, opened by a container's creator: the
 /// container's root may not show the cache, so its process loads the
 /// program from this descriptor (see [`WasmSandbox::load`]).
