@@ -190,6 +190,38 @@ fn a_preview2_component_runs_through_containerd() {
     assert!(ran.stdout.contains("this file was shipped inside the image"), "files through wasi:filesystem: {ran:?}");
 }
 
+/// A `wasi:cli/command` component whose `run` calls `wasi:cli/exit`'s
+/// exit-with-code (WASI 0.2.12) with 42.
+const EXIT_WITH_CODE_COMPONENT: &str = r#"
+(component
+  (import "wasi:cli/exit@0.2.12" (instance $exit
+    (export "exit-with-code" (func (param "status-code" u8)))))
+  (core func $exit_with_code (canon lower (func $exit "exit-with-code")))
+  (core module $main
+    (import "host" "exit-with-code" (func $exit_with_code (param i32)))
+    (func (export "run") (result i32)
+      (call $exit_with_code (i32.const 42))
+      (i32.const 0)))
+  (core instance $host (export "exit-with-code" (func $exit_with_code)))
+  (core instance $main (instantiate $main (with "host" (instance $host))))
+  (func $run (result (result)) (canon lift (core func $main "run")))
+  (instance $cli_run (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.12" (instance $cli_run)))
+"#;
+
+#[test]
+fn a_component_exits_with_the_code_it_gives_exit_with_code() {
+    let env = env();
+    let context = tempfile::tempdir().expect("tempdir");
+    let component = wat::parse_str(EXIT_WITH_CODE_COMPONENT).expect("component text");
+    std::fs::write(context.path().join("exit.wasm"), component).expect("component");
+    std::fs::write(context.path().join("Dockerfile"), "FROM scratch\nCOPY exit.wasm /exit.wasm\nENTRYPOINT [\"/exit.wasm\"]\n")
+        .expect("Dockerfile");
+    let image = build_image_dir("exit-p2", context.path());
+    let ran = env.run(HYBRID_RUNTIME, &image, &unique_id("p2exit"), &[]);
+    assert_eq!(ran.code, 42, "{ran:?}");
+}
+
 /// `ctr run` of the C example with `args` after its own path, through
 /// hybrid, with extra `ctr run` flags.
 fn run_c_probe(env: &Env, flags: &[&str], args: &[&str]) -> Ran {
