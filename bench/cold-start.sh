@@ -46,29 +46,43 @@ timed() {
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-a=(); b=(); c=()
+# Round after round, A B (C) alternating: one timed `ctr run --rm` per
+# runtime. $1 names the series ("" or "pod"); $2, $3 and $4 are the extra
+# flags of hybrid, runc and runwasi (their group annotation).
+declare -A ms
+series() { # name hybrid-flags runc-flags runwasi-flags
+  local name=$1 i; local -a fa fb fc
+  read -r -a fa <<<"$2"; read -r -a fb <<<"$3"; read -r -a fc <<<"$4"
+  local -a ta=() tb=() tc=()
+  for i in $(seq 1 "$rounds"); do
+    ta+=("$(timed ctr_ run --rm "${fa[@]}" --runtime io.containerd.hybrid.v2 "$hello" "${name}a-$i" /hello.wasm)")
+    tb+=("$(timed ctr_ run --rm "${fb[@]}" --runtime io.containerd.runc.v2 "$busybox" "${name}b-$i" echo hi)")
+    if [ -n "${RUNWASI_SHIM:-}" ]; then
+      tc+=("$(timed ctr_ run --rm "${fc[@]}" --runtime io.containerd.wasmtime.v1 "$hello" "${name}c-$i" /hello.wasm)")
+    fi
+  done
+  ms[$name.a]=$(printf '%s\n' "${ta[@]}" | median)
+  ms[$name.b]=$(printf '%s\n' "${tb[@]}" | median)
+  [ ${#tc[@]} -eq 0 ] || ms[$name.c]=$(printf '%s\n' "${tc[@]}" | median)
+}
+
+report() { # name
+  local a=${ms[$1.a]} b=${ms[$1.b]} c=${ms[$1.c]:-}
+  echo "hybrid wasm hello   median ${a} ms"
+  echo "runc busybox echo   median ${b} ms"
+  awk -v a="$a" -v b="$b" 'BEGIN {printf "ratio hybrid/runc   %.2f\n", a/b}'
+  if [ -n "$c" ]; then
+    echo "runwasi wasm hello  median ${c} ms"
+    awk -v a="$a" -v c="$c" 'BEGIN {printf "ratio hybrid/runwasi %.2f\n", a/c}'
+  fi
+}
+
 # One warm-up each, so that first-use costs (snapshot unpack, page cache) are not counted.
 ctr_ run --rm --runtime io.containerd.hybrid.v2 "$hello" warm-a /hello.wasm >/dev/null
 ctr_ run --rm --runtime io.containerd.runc.v2 "$busybox" warm-b echo hi >/dev/null
-for i in $(seq 1 "$rounds"); do
-  a+=("$(timed ctr_ run --rm --runtime io.containerd.hybrid.v2 "$hello" "a-$i" /hello.wasm)")
-  b+=("$(timed ctr_ run --rm --runtime io.containerd.runc.v2 "$busybox" "b-$i" echo hi)")
-  if [ -n "${RUNWASI_SHIM:-}" ]; then
-    c+=("$(timed ctr_ run --rm --runtime io.containerd.wasmtime.v1 "$hello" "c-$i" /hello.wasm)")
-  fi
-done
-
-ma=$(printf '%s\n' "${a[@]}" | median)
-mb=$(printf '%s\n' "${b[@]}" | median)
+series "" "" "" ""
 echo "rounds: $rounds (alternating)"
-echo "hybrid wasm hello   median ${ma} ms"
-echo "runc busybox echo   median ${mb} ms"
-awk -v a="$ma" -v b="$mb" 'BEGIN {printf "ratio hybrid/runc   %.2f\n", a/b}'
-if [ ${#c[@]} -gt 0 ]; then
-  mc=$(printf '%s\n' "${c[@]}" | median)
-  echo "runwasi wasm hello  median ${mc} ms"
-  awk -v a="$ma" -v c="$mc" 'BEGIN {printf "ratio hybrid/runwasi %.2f\n", a/c}'
-fi
+report ""
 
 # In a pod: the same runs, each joining a group whose shim is already up (a
 # sleeper keeps it), as a container of a running Kubernetes pod starts. Each
@@ -78,14 +92,8 @@ ctr_ run -d --annotation io.containerd.runc.v2.group=pod-b --runtime io.containe
 if [ -n "${RUNWASI_SHIM:-}" ]; then
   ctr_ run -d --annotation io.kubernetes.cri.sandbox-id=pod-c --runtime io.containerd.wasmtime.v1 "$hello" pod-c /hello.wasm >/dev/null || true
 fi
-pa=(); pb=(); pc=()
-for i in $(seq 1 "$rounds"); do
-  pa+=("$(timed ctr_ run --rm --annotation io.containerd.hybrid.v2.group=pod-a --runtime io.containerd.hybrid.v2 "$hello" "pa-$i" /hello.wasm)")
-  pb+=("$(timed ctr_ run --rm --annotation io.containerd.runc.v2.group=pod-b --runtime io.containerd.runc.v2 "$busybox" "pb-$i" echo hi)")
-  if [ -n "${RUNWASI_SHIM:-}" ]; then
-    pc+=("$(timed ctr_ run --rm --annotation io.kubernetes.cri.sandbox-id=pod-c --runtime io.containerd.wasmtime.v1 "$hello" "pc-$i" /hello.wasm)")
-  fi
-done
+series pod "--annotation io.containerd.hybrid.v2.group=pod-a" "--annotation io.containerd.runc.v2.group=pod-b" \
+  "--annotation io.kubernetes.cri.sandbox-id=pod-c"
 for id in pod-a pod-b pod-c; do
   ctr_ task kill -s SIGKILL "$id" >/dev/null 2>&1 || true
 done
@@ -94,14 +102,5 @@ for id in pod-a pod-b pod-c; do
   ctr_ task rm "$id" >/dev/null 2>&1 || true
   ctr_ container rm "$id" >/dev/null 2>&1 || true
 done
-mpa=$(printf '%s\n' "${pa[@]}" | median)
-mpb=$(printf '%s\n' "${pb[@]}" | median)
 echo "in a pod (shim already running):"
-echo "hybrid wasm hello   median ${mpa} ms"
-echo "runc busybox echo   median ${mpb} ms"
-awk -v a="$mpa" -v b="$mpb" 'BEGIN {printf "ratio hybrid/runc   %.2f\n", a/b}'
-if [ ${#pc[@]} -gt 0 ]; then
-  mpc=$(printf '%s\n' "${pc[@]}" | median)
-  echo "runwasi wasm hello  median ${mpc} ms"
-  awk -v a="$mpa" -v c="$mpc" 'BEGIN {printf "ratio hybrid/runwasi %.2f\n", a/c}'
-fi
+report pod
