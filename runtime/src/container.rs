@@ -126,6 +126,9 @@ impl HybridContainer {
     /// [`create`](Self::create), with the tcp port the image EXPOSEs: where
     /// a wasi:http component listens unless an annotation says otherwise.
     pub fn create_with_image_port(config: &ContainerConfig, workload: Workload, image_port: Option<u16>) -> Result<Self, ContainerError> {
+        // The init process joins its cgroups some milliseconds from now:
+        // start the kernel's wait for that now (see cgroup_join.rs).
+        crate::cgroup_join::start_grace_period();
         let view = SpecView::load(&config.bundle);
         // Compile before the container exists: a bad module fails Create,
         // and the cache makes every later start load machine code only.

@@ -5,6 +5,7 @@
 //! [`container::HybridContainer`] whose init process runs the
 //! [`executor::HybridExecutor`]. Nothing here knows protobuf or containerd.
 
+pub mod cgroup_join;
 pub mod cgroup_mount;
 pub mod compile_cache;
 pub mod container;
