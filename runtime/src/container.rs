@@ -17,7 +17,7 @@ use crate::compile_cache::CompileCache;
 use crate::executor::HybridExecutor;
 use crate::wasm;
 use crate::workload::read_entrypoint;
-use crate::stdio::{StdioError, StdioPaths};
+use crate::stdio::{HeldFifos, StdioError, StdioPaths};
 use crate::limits::WasmMemoryLimit;
 use crate::logdriver::LogOwner;
 use crate::tty::{Console, ConsoleSocket};
@@ -95,6 +95,8 @@ pub struct HybridContainer {
     namespace: String,
     /// The memory limit its wasm processes are held to (see limits.rs).
     wasm_memory: WasmMemoryLimit,
+    /// Read ends of the init process's output fifos (see HeldFifos).
+    held_fifos: HeldFifos,
 }
 
 /// What Create reads of the bundle's spec. A spec that cannot be read
@@ -147,10 +149,14 @@ impl HybridContainer {
         // spawner.rs), which makes them with `make`, handed the entry just
         // checked here (no second read of the module).
         let logs_to_a_binary = config.stdio.stdout.starts_with("binary://");
-        if workload.kind.is_wasm() && !view.terminal && !logs_to_a_binary && crate::spawner::available() {
-            return crate::spawner::create(config, &workload, image_port, compiled, view);
-        }
-        Self::make(config, workload, image_port, compiled, view)
+        let mut container = if workload.kind.is_wasm() && !view.terminal && !logs_to_a_binary && crate::spawner::available() {
+            crate::spawner::create(config, &workload, image_port, compiled, view)?
+        } else {
+            Self::make(config, workload, image_port, compiled, view)?
+        };
+        // Held from here: the process runs only once started.
+        container.held_fifos = config.stdio.hold_output_fifos();
+        Ok(container)
     }
 
     /// Make the container: its module (if wasm) already compiled into the
@@ -225,7 +231,18 @@ impl HybridContainer {
             None => None,
         };
         let oom_events = workload.kind.is_wasm().then_some(oom_read);
-        Ok(Self { id, inner, state_root: config.state_root.clone(), rootfs: config.rootfs.clone(), annotations, oom_events, console, namespace: config.namespace.clone(), wasm_memory })
+        Ok(Self {
+            id,
+            inner,
+            state_root: config.state_root.clone(),
+            rootfs: config.rootfs.clone(),
+            annotations,
+            oom_events,
+            console,
+            namespace: config.namespace.clone(),
+            wasm_memory,
+            held_fifos: HeldFifos::default(),
+        })
     }
 
     /// A container the spawner created, loaded from its state, with the
@@ -257,6 +274,7 @@ impl HybridContainer {
             console: None,
             namespace: String::new(),
             wasm_memory: WasmMemoryLimit::default(),
+            held_fifos: HeldFifos::default(),
         })
     }
 

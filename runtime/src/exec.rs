@@ -11,7 +11,7 @@ use oci_spec::runtime::Process;
 use crate::compile_cache::CompileCache;
 use crate::container::{ContainerError, HybridContainer};
 use crate::executor::HybridExecutor;
-use crate::stdio::StdioPaths;
+use crate::stdio::{HeldFifos, StdioPaths};
 use crate::tty::{Console, ConsoleSocket};
 use crate::wasm;
 use crate::workload::{decide_process, read_entrypoint, Workload};
@@ -24,6 +24,9 @@ pub struct PreparedExec {
     precompiled: Option<crate::wasm::PrecompiledEntry>,
     stdio: StdioPaths,
     terminal: bool,
+    /// Read ends of the process's output fifos (see HeldFifos), held while
+    /// the shim keeps the exec.
+    _held_fifos: HeldFifos,
 }
 
 /// A started exec: its pid (in the shim's pid namespace) and its terminal.
@@ -61,7 +64,8 @@ impl HybridContainer {
         // in the container's state dir, removed with the container.
         let process_file = self.state_dir().join(format!("exec-{exec_id}.json"));
         std::fs::write(&process_file, process_json).map_err(|e| exec_err(format!("cannot write {process_file:?}: {e}")))?;
-        Ok(PreparedExec { exec_id: exec_id.to_string(), workload, process_file, precompiled, stdio, terminal })
+        let held_fifos = stdio.hold_output_fifos();
+        Ok(PreparedExec { exec_id: exec_id.to_string(), workload, process_file, precompiled, stdio, terminal, _held_fifos: held_fifos })
     }
 
     /// Start a prepared exec.

@@ -66,6 +66,45 @@ impl StdioPaths {
     }
 }
 
+/// Read ends of a process's output fifos, held by the shim for as long as
+/// the process is known. containerd's reader (ctr's copy, an attach) may go
+/// away while the process runs, and a fifo with no reader fails every write
+/// with EPIPE: a process printing after `ctr run -d` returned would fail
+/// (a Rust guest panics, exit 101). runc's shim holds such read ends too:
+/// with nobody reading, output fills the fifo and the writer then waits, as
+/// with any pipe.
+#[derive(Debug, Default)]
+pub struct HeldFifos(Vec<File>);
+
+impl HeldFifos {
+    /// How many fifos are held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl StdioPaths {
+    /// Hold a read end of each output that is a fifo (not /dev/null, not a
+    /// `file://` or `binary://` URI). Best effort: a fifo that cannot be
+    /// opened is logged and left as it was.
+    pub fn hold_output_fifos(&self) -> HeldFifos {
+        let fifos = [&self.stdout, &self.stderr]
+            .into_iter()
+            .filter(|path| !path.is_empty() && !path.contains("://"))
+            .filter_map(|path| {
+                // Non-blocking: a fifo's read end opens at once, writer or not.
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(path)
+                    .map_err(|e| tracing::warn!("cannot hold output fifo {path:?} open: {e}"))
+                    .ok()
+            })
+            .collect();
+        HeldFifos(fifos)
+    }
+}
+
 fn dev_null(name: &'static str, write: bool) -> Result<File, StdioError> {
     OpenOptions::new()
         .read(!write)
@@ -175,6 +214,29 @@ fn open_log_file(name: &'static str, path: &str) -> Result<File, StdioError> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    /// A fifo with containerd's reader open, as at Create.
+    fn fifo_with_reader(dir: &Path, name: &str) -> (String, File) {
+        let path = dir.join(name);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        let reader = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path).expect("reader");
+        (path.display().to_string(), reader)
+    }
+
+    #[test]
+    fn held_fifos_keep_writes_working_after_the_reader_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (stdout, containerd_reader) = fifo_with_reader(dir.path(), "out");
+        let paths = StdioPaths { stdout, stderr: format!("file://{}/err.log", dir.path().display()), ..Default::default() };
+        let mut stdio = paths.open().expect("open");
+        let held = paths.hold_output_fifos();
+        assert_eq!(held.len(), 1, "the fifo is held, the file:// log and /dev/null are not");
+        drop(containerd_reader);
+        stdio.stdout.write_all(b"after the client left\n").expect("no EPIPE while held");
+        drop(held);
+        let err = stdio.stdout.write_all(b"nobody holds it\n").expect_err("EPIPE once nothing reads");
+        assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+    }
 
     #[test]
     fn empty_paths_are_dev_null() {
