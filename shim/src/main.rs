@@ -8,6 +8,7 @@ mod image_port;
 mod info;
 mod metrics;
 mod rootfs;
+mod serve;
 mod service;
 mod state;
 mod shim;
@@ -69,8 +70,8 @@ fn main() {
     // `delete`) forks its wasm container spawner now, while it is still
     // single-threaded (see hybrid_runtime::spawner). HYBRID_SPAWNER=off
     // makes every container in the shim itself.
-    let serving = containerd_shim::parse(&args[1..]).is_ok_and(|flags| flags.action.is_empty());
-    if serving && std::env::var("HYBRID_SPAWNER").as_deref() != Ok("off") {
+    let serving = containerd_shim::parse(&args[1..]).ok().filter(|flags| flags.action.is_empty());
+    if serving.is_some() && std::env::var("HYBRID_SPAWNER").as_deref() != Ok("off") {
         if let Err(e) = hybrid_runtime::spawner::start() {
             eprintln!("{RUNTIME_ID}: no wasm spawner, containers are made in the shim: {e}");
         }
@@ -80,5 +81,16 @@ fn main() {
         no_setup_logger: true,
         ..Default::default()
     };
+    // Serving is our own loop (serve.rs: containerd-shim's cannot size its
+    // ttrpc server); `delete` goes through containerd-shim's.
+    if let Some(flags) = serving {
+        if let Err(e) = serve::serve(RUNTIME_ID, &flags, config) {
+            // containerd only sees the socket refuse: say why in its log too.
+            tracing::error!("cannot serve: {e}");
+            eprintln!("{RUNTIME_ID}: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     containerd_shim::run::<shim::HybridShim>(RUNTIME_ID, Some(config));
 }

@@ -1,0 +1,152 @@
+//! The serving shim's main loop: containerd-shim's own, but with a ttrpc
+//! server sized for a shim that serves a whole pod.
+//!
+//! containerd opens a connection to the shim for every task, also when one
+//! shim serves a group, and ttrpc's synchronous server gives each connection
+//! a reader, a writer, a dispatcher and a pool of three to five workers:
+//! eight or nine threads per container, each with a stack of its own (about
+//! 15 KiB of it touched), idle for the container's whole life. A task's
+//! calls come one at a time, except its Wait, which blocks a worker until
+//! the task exits: two workers, and a fresh one whenever none is free, are
+//! enough (ttrpc wants min < default < max). containerd-shim's `run`
+//! cannot size the server, so the serving path is here; `start` is ours
+//! already (main.rs) and `delete` still goes through `run`.
+
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::Arc;
+
+use containerd_shim::protos::shim::shim_ttrpc::create_task;
+use containerd_shim::protos::ttrpc::Server;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Config, Error, Flags, Shim};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use signal_hook::consts::{SIGCHLD, SIGINT, SIGPIPE, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::shim::HybridShim;
+
+/// ttrpc's worker counts per connection: it starts DEFAULT_WORKERS, starts
+/// more when fewer than MIN_FREE_WORKERS are free, and lets go of those
+/// above MAX_WORKERS (its own defaults: 1, 3 and 5).
+const MIN_FREE_WORKERS: usize = 1;
+const DEFAULT_WORKERS: usize = 2;
+const MAX_WORKERS: usize = 3;
+
+/// Serve containerd on the socket `flags` names until the shim is told to
+/// exit (the last container of its group deleted, or Shutdown).
+pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config) -> Result<(), Error> {
+    if flags.namespace.is_empty() {
+        return Err(Error::InvalidArgument("shim namespace cannot be empty".into()));
+    }
+    if flags.socket.is_empty() {
+        return Err(Error::InvalidArgument("shim socket cannot be empty".into()));
+    }
+    // Where containerd takes events, as containerd-shim reads it.
+    let ttrpc_address =
+        std::env::var("TTRPC_ADDRESS").map_err(|e| Error::InvalidArgument(format!("TTRPC_ADDRESS: {e}")))?;
+    // Before any thread exists, as signal-hook asks. SIGPIPE is taken so
+    // that a write to a closed socket fails instead of ending the shim.
+    let signals = Signals::new([SIGTERM, SIGINT, SIGPIPE, SIGCHLD])
+        .map_err(|e| Error::Other(format!("cannot handle signals: {e}")))?;
+    // Orphaned container processes are reparented here, to be reaped.
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag; no memory is passed.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(Error::Other(format!("cannot become a subreaper: {}", std::io::Error::last_os_error())));
+    }
+    let mut shim = HybridShim::new(runtime_id, flags, &mut config);
+    let Some(listener) = listen(&flags.socket)? else {
+        // Another shim of the group serves on this socket (a race with its
+        // start): containerd is given its address.
+        containerd_shim::util::write_address(&flags.socket)?;
+        release_start();
+        return Ok(());
+    };
+    let publisher = RemotePublisher::new(&ttrpc_address)?;
+    let task = create_task(Arc::new(shim.create_task_service(publisher)));
+    let mut server = Server::new()
+        .add_listener(listener.into_raw_fd())?
+        .set_thread_count_default(DEFAULT_WORKERS)
+        .set_thread_count_min(MIN_FREE_WORKERS)
+        .set_thread_count_max(MAX_WORKERS)
+        .register_service(task);
+    server.start()?;
+    release_start();
+    tracing::info!("shim serving on {}", flags.socket);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || handle_signals(signals))
+        .map_err(|e| Error::Other(format!("cannot start the signal thread: {e}")))?;
+    shim.wait();
+    tracing::info!("shim shutting down");
+    server.shutdown();
+    let address = containerd_shim::util::read_address().unwrap_or_else(|_| flags.socket.clone());
+    let _ = std::fs::remove_file(socket_path(&address));
+    Ok(())
+}
+
+/// The filesystem path of a `unix://` socket address.
+fn socket_path(address: &str) -> &str {
+    address.strip_prefix("unix://").unwrap_or(address)
+}
+
+/// Bind the group's socket; None when a live shim already listens on it.
+/// A socket file left by a shim that is gone is replaced.
+fn listen(address: &str) -> Result<Option<UnixListener>, Error> {
+    let path = Path::new(socket_path(address));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Other(format!("cannot create {dir:?}: {e}")))?;
+    }
+    let bind_err = |e: std::io::Error| Error::Other(format!("cannot listen on {path:?}: {e}"));
+    match UnixListener::bind(path) {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Ok(None);
+            }
+            std::fs::remove_file(path).map_err(bind_err)?;
+            UnixListener::bind(path).map(Some).map_err(bind_err)
+        }
+        Err(e) => Err(bind_err(e)),
+    }
+}
+
+/// The `start` process that spawned this one copies our stdout until it
+/// closes, then hands containerd the address: close it (onto stderr, a
+/// descriptor that stays valid) once the server listens.
+fn release_start() {
+    // SAFETY: dup2 onto this process's own stdout; both descriptors are valid.
+    if unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) } < 0 {
+        tracing::warn!("cannot release the start process: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Reap every child that exits (containers' processes, reparented ones) and
+/// report it to containerd-shim's monitor, where the exit watchers wait.
+fn handle_signals(mut signals: Signals) {
+    for signal in signals.forever() {
+        if signal != SIGCHLD {
+            // SIGTERM and SIGINT do not end a shim: containerd ends it
+            // through Shutdown once its tasks are gone.
+            tracing::debug!(signal, "signal received");
+            continue;
+        }
+        loop {
+            let exit = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, code),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, 128 + signal as i32),
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::warn!("waitpid: {e}");
+                    break;
+                }
+            };
+            if let Err(e) = containerd_shim::monitor::monitor_notify_by_pid(exit.0.as_raw(), exit.1) {
+                tracing::error!("cannot report the exit of {}: {e}", exit.0);
+            }
+        }
+    }
+}
