@@ -278,10 +278,26 @@ impl HybridContainer {
         })
     }
 
-    /// Take the pipe on which the wasm guest reports running out of memory:
-    /// a byte means an OOM, EOF means the process is gone.
-    pub fn take_oom_events(&mut self) -> Option<std::fs::File> {
+    /// Take the pipe on which the wasm guest reports running out of memory
+    /// (the spawner's creator hands it to the shim).
+    pub(crate) fn take_oom_events(&mut self) -> Option<std::fs::File> {
         self.oom_events.take().map(std::fs::File::from)
+    }
+
+    /// Whether the wasm guest said it ran out of memory: a byte it writes
+    /// on its pipe just before it exits. Ask once the init process has
+    /// exited; the answer is read without waiting (and so no thread of the
+    /// shim has to wait on the pipe while the container lives).
+    pub fn guest_ran_out_of_memory(&self) -> bool {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let Some(pipe) = &self.oom_events else { return false };
+        let Ok(flags) = fcntl(pipe.as_raw_fd(), FcntlArg::F_GETFL) else { return false };
+        let nonblocking = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+        if fcntl(pipe.as_raw_fd(), FcntlArg::F_SETFL(nonblocking)).is_err() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        matches!(nix::unistd::read(pipe.as_raw_fd(), &mut byte), Ok(1))
     }
 
     /// Take the init process's terminal (terminal: true in its spec).

@@ -6,13 +6,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use containerd_shim::protos::api::{self, Status};
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskOOM, TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskPaused, TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics::{
     TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXEC_ADDED_EVENT_TOPIC, TASK_EXEC_STARTED_EVENT_TOPIC,
-    TASK_OOM_EVENT_TOPIC, TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+    TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
 };
 use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::publisher::RemotePublisher;
@@ -86,22 +86,6 @@ fn create_container(req: &api::CreateTaskRequest, namespace: &str) -> Result<Hyb
     HybridContainer::create_with_image_port(&config, workload, image_port).map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))
 }
 
-/// A wasm guest stopped by its memory limit says so on this pipe (EOF when
-/// the process is gone): publish TaskOOM, as for a cgroup OOM kill.
-fn watch_oom(id: String, mut pipe: std::fs::File, events: EventSender) {
-    use std::io::Read;
-    let spawned = hybrid_runtime::fork_guard::spawn(format!("oom-{id}"), move || {
-        let mut byte = [0u8; 1];
-        if matches!(pipe.read(&mut byte), Ok(1)) {
-            tracing::warn!(id = %id, "wasm guest ran out of memory");
-            events.send(TASK_OOM_EVENT_TOPIC, TaskOOM { container_id: id, ..Default::default() });
-        }
-    });
-    if let Err(e) = spawned {
-        tracing::warn!("cannot watch for OOM: {e}");
-    }
-}
-
 fn status_of(proc: &Proc, paused: bool) -> Status {
     match (proc.started, &proc.exited) {
         (_, Some(_)) => Status::STOPPED,
@@ -132,9 +116,6 @@ impl Task for TaskService {
             }
         };
         let mut container = container;
-        if let Some(oom_events) = container.take_oom_events() {
-            watch_oom(req.id.clone(), oom_events, self.events.clone());
-        }
         let pid = container.pid().unwrap_or_default() as u32;
         let stdio = StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() };
         let mut init = Proc::new(pid, stdio.clone(), req.terminal);

@@ -129,8 +129,12 @@ fn record_exit(st: &mut State, pid: i32, exit_code: i32, events: &EventSender) -
             }
             tracing::info!(id = %id, process = %proc_id, pid, exit_code, "process exited");
             // The kernel's OOM killer leaves no trace in the exit status but a
-            // SIGKILL: ask the memory cgroup, and say so before the exit.
-            if proc_id == *id && entry.container.oom_kills().is_some_and(|n| n > 0) {
+            // SIGKILL: ask the memory cgroup, and say so before the exit. A
+            // wasm guest stopped by its memory limit said so on its pipe.
+            if proc_id == *id && entry.container.guest_ran_out_of_memory() {
+                tracing::warn!(id = %id, "wasm guest ran out of memory");
+                events.send(TASK_OOM_EVENT_TOPIC, TaskOOM { container_id: id.clone(), ..Default::default() });
+            } else if proc_id == *id && entry.container.oom_kills().is_some_and(|n| n > 0) {
                 tracing::warn!(id = %id, "killed by the OOM killer");
                 events.send(TASK_OOM_EVENT_TOPIC, TaskOOM { container_id: id.clone(), ..Default::default() });
             }
