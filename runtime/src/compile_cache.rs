@@ -248,4 +248,3 @@ mod tests {
         assert!(second.exists(), "the newest entry stays");
     }
 }
-

@@ -140,8 +140,7 @@ impl HybridContainer {
             let root = view.spec.as_ref().map(crate::preopens::RootView::from_spec).unwrap_or_default();
             crate::preopens::preopens_for(&cwd, &view.annotations, &root).map_err(crate::wasm::WasmError::from)?;
             let module = read_entrypoint(&config.rootfs, &workload)?;
-            let (entry, _outcome) = wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?;
-            Some(wasm::CompiledEntry { path: entry, kind: wasm::artifact_kind(&module) })
+            Some(wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?.0)
         } else {
             None
         };
@@ -181,7 +180,7 @@ impl HybridContainer {
         if let Some(spec) = &spec {
             crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle, spec)?;
         }
-        let precompiled = compiled.and_then(|entry| wasm::PrecompiledEntry::open(&entry.path, entry.kind));
+        let precompiled = compiled.as_ref().and_then(wasm::CompiledEntry::open);
         // A wasm guest that runs out of memory says so on this pipe; the
         // write end reaches the container through the clone and is closed
         // here once it is created, so the read end sees EOF at its exit.

@@ -55,8 +55,7 @@ impl HybridContainer {
         let workload = decide_process(&args, &env, process.cwd(), self.annotations(), self.rootfs())?;
         let precompiled = if workload.kind.is_wasm() {
             let module = read_entrypoint(self.rootfs(), &workload)?;
-            let (entry, _outcome) = wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?;
-            wasm::PrecompiledEntry::open(&entry, wasm::artifact_kind(&module))
+            wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?.0.open()
         } else {
             None
         };

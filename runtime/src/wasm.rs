@@ -86,7 +86,7 @@ pub fn artifact_kind(bytes: &[u8]) -> ArtifactKind {
 /// Compile `module` (binary or text, core module or component) ahead of the
 /// container, through the compile cache: the container then only loads
 /// machine code.
-pub fn precompile(module_path: &Path, module: &[u8], cache: &CompileCache) -> Result<(PathBuf, CacheOutcome), WasmError> {
+pub fn precompile(module_path: &Path, module: &[u8], cache: &CompileCache) -> Result<(CompiledEntry, CacheOutcome), WasmError> {
     let _no_clone = crate::fork_guard::for_shared_state();
     let engine = shared_engine()?;
     let kind = artifact_kind(module);
@@ -95,7 +95,7 @@ pub fn precompile(module_path: &Path, module: &[u8], cache: &CompileCache) -> Re
         source,
     })?;
     tracing::info!(module = ?module_path, ?outcome, "wasm module precompiled");
-    Ok((entry, outcome))
+    Ok((CompiledEntry { path: entry, kind }, outcome))
 }
 
 /// A module's compile cache entry, checked (see [`precompile`]), by path:
@@ -115,13 +115,17 @@ pub struct PrecompiledEntry {
     pub kind: ArtifactKind,
 }
 
-impl PrecompiledEntry {
-    /// Open the entry `path` holds for a module of `kind`.
-    pub fn open(path: &Path, kind: ArtifactKind) -> Option<Self> {
+impl CompiledEntry {
+    /// Open the entry for the container's process (None, logged, when it
+    /// cannot be: the process then compiles the module itself).
+    pub fn open(&self) -> Option<PrecompiledEntry> {
+        let path = &self.path;
         let file = std::fs::File::open(path).map_err(|e| tracing::warn!("cannot open compile cache entry {path:?}: {e}")).ok()?;
-        Some(Self { file: std::sync::Arc::new(file.into()), kind })
+        Some(PrecompiledEntry { file: std::sync::Arc::new(file.into()), kind: self.kind })
     }
+}
 
+impl PrecompiledEntry {
     /// The program in the entry. A module's machine code is mapped from
     /// the cache file, not copied: every container running the module
     /// shares it through the page cache. None (logged) when wasmtime
