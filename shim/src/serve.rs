@@ -26,7 +26,7 @@ use nix::unistd::Pid;
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGPIPE, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::shim::HybridShim;
+use crate::shim::{shim_answers, socket_path, HybridShim};
 
 /// ttrpc's worker counts per connection: it starts DEFAULT_WORKERS, starts
 /// more when fewer than MIN_FREE_WORKERS are free, and lets go of those
@@ -87,11 +87,6 @@ pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config) -> Result<(), 
     Ok(())
 }
 
-/// The filesystem path of a `unix://` socket address.
-fn socket_path(address: &str) -> &str {
-    address.strip_prefix("unix://").unwrap_or(address)
-}
-
 /// Bind the group's socket; None when a live shim already listens on it.
 /// A socket file left by a shim that is gone is replaced.
 fn listen(address: &str) -> Result<Option<UnixListener>, Error> {
@@ -103,7 +98,7 @@ fn listen(address: &str) -> Result<Option<UnixListener>, Error> {
     match UnixListener::bind(path) {
         Ok(listener) => Ok(Some(listener)),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if shim_answers(address) {
                 return Ok(None);
             }
             std::fs::remove_file(path).map_err(bind_err)?;

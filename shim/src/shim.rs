@@ -126,9 +126,13 @@ fn spawn_for_group(opts: StartOpts, bundle: &Path) -> containerd_shim::Result<St
 }
 
 /// Whether a shim listens on this ttrpc address (`unix://PATH`).
-fn shim_answers(address: &str) -> bool {
-    let path = address.strip_prefix("unix://").unwrap_or(address);
-    std::os::unix::net::UnixStream::connect(path).is_ok()
+pub fn shim_answers(address: &str) -> bool {
+    std::os::unix::net::UnixStream::connect(socket_path(address)).is_ok()
+}
+
+/// The filesystem path of a `unix://` socket address.
+pub fn socket_path(address: &str) -> &str {
+    address.strip_prefix("unix://").unwrap_or(address)
 }
 
 /// The group this bundle's container joins, from its spec's annotations.
