@@ -131,11 +131,17 @@ fn record_exit(st: &mut State, pid: i32, exit_code: i32, events: &EventSender) -
             // The kernel's OOM killer leaves no trace in the exit status but a
             // SIGKILL: ask the memory cgroup, and say so before the exit. A
             // wasm guest stopped by its memory limit said so on its pipe.
-            if proc_id == *id && entry.container.guest_ran_out_of_memory() {
-                tracing::warn!(id = %id, "wasm guest ran out of memory");
-                events.send(TASK_OOM_EVENT_TOPIC, TaskOOM { container_id: id.clone(), ..Default::default() });
-            } else if proc_id == *id && entry.container.oom_kills().is_some_and(|n| n > 0) {
-                tracing::warn!(id = %id, "killed by the OOM killer");
+            let oom = if proc_id != *id {
+                None
+            } else if entry.container.guest_ran_out_of_memory() {
+                Some("wasm guest ran out of memory")
+            } else if entry.container.oom_kills().is_some_and(|n| n > 0) {
+                Some("killed by the OOM killer")
+            } else {
+                None
+            };
+            if let Some(why) = oom {
+                tracing::warn!(id = %id, "{why}");
                 events.send(TASK_OOM_EVENT_TOPIC, TaskOOM { container_id: id.clone(), ..Default::default() });
             }
             events.send(
