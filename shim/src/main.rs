@@ -13,6 +13,8 @@ mod service;
 mod state;
 mod shim;
 
+use std::os::unix::net::UnixListener;
+
 pub const RUNTIME_ID: &str = "io.containerd.hybrid.v2";
 
 fn main() {
@@ -47,18 +49,50 @@ fn main() {
     // signal handling at all.
     if let Ok(flags) = containerd_shim::parse(&args[1..]) {
         if flags.action == "start" {
-            match shim::start(&flags) {
-                Ok(address) => {
-                    print!("{address}");
-                    return;
-                }
-                Err(e) => {
-                    eprintln!("{RUNTIME_ID}: start: {e}");
-                    std::process::exit(1);
-                }
-            }
+            start(flags);
+            return;
+        }
+        if flags.action.is_empty() {
+            serve_containers(&flags, None);
+            return;
         }
     }
+    // `delete` goes through containerd-shim's `run`.
+    containerd_shim::run::<shim::HybridShim>(RUNTIME_ID, Some(shim_config()));
+}
+
+/// `start`: tell containerd the address of the shim serving this
+/// container's group, forking that shim when there is none yet.
+fn start(flags: containerd_shim::Flags) {
+    let fail = |e: &dyn std::fmt::Display| -> ! {
+        eprintln!("{RUNTIME_ID}: start: {e}");
+        std::process::exit(1);
+    };
+    match shim::start(&flags) {
+        Ok(shim::Started::Served(address)) => print!("{address}"),
+        Ok(shim::Started::Bound { address, listener }) => match serve::fork_server() {
+            Ok(serve::Forked::Start) => print!("{address}"),
+            Ok(serve::Forked::Server) => {
+                let serving = containerd_shim::Flags {
+                    debug: flags.debug,
+                    namespace: flags.namespace,
+                    id: flags.id,
+                    socket: address,
+                    bundle: flags.bundle,
+                    address: flags.address,
+                    publish_binary: flags.publish_binary,
+                    ..Default::default()
+                };
+                serve_containers(&serving, Some(listener));
+            }
+            Err(e) => fail(&e),
+        },
+        Err(e) => fail(&e),
+    }
+}
+
+/// The serving shim, until its group's last container is deleted.
+fn serve_containers(flags: &containerd_shim::Flags, listener: Option<UnixListener>) {
     // One malloc arena per process instead of one per thread (up to eight
     // per core): a wasm container made in the shim is its clone, and every
     // page the shim writes after that clone stays, as a private copy, in the
@@ -66,31 +100,28 @@ fn main() {
     // an arena of its own. Neither allocates enough for the lock to matter.
     // SAFETY: mallopt only sets a malloc tunable; no memory is passed.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-    // The process that serves containers (no action: not `start`, not
-    // `delete`) forks its wasm container spawner now, while it is still
+    // The wasm container spawner is forked now, while this process is still
     // single-threaded (see hybrid_runtime::spawner). HYBRID_SPAWNER=off
     // makes every container in the shim itself.
-    let serving = containerd_shim::parse(&args[1..]).ok().filter(|flags| flags.action.is_empty());
-    if serving.is_some() && std::env::var("HYBRID_SPAWNER").as_deref() != Ok("off") {
+    if std::env::var("HYBRID_SPAWNER").as_deref() != Ok("off") {
         if let Err(e) = hybrid_runtime::spawner::start() {
             eprintln!("{RUNTIME_ID}: no wasm spawner, containers are made in the shim: {e}");
         }
     }
-    let config = containerd_shim::Config {
+    // Serving is our own loop (serve.rs: containerd-shim's cannot size its
+    // ttrpc server).
+    if let Err(e) = serve::serve(RUNTIME_ID, flags, shim_config(), listener) {
+        // containerd only sees the socket refuse: say why in its log too.
+        tracing::error!("cannot serve: {e}");
+        eprintln!("{RUNTIME_ID}: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn shim_config() -> containerd_shim::Config {
+    containerd_shim::Config {
         // We log through tracing to containerd's log fifo (see shim::init_logging).
         no_setup_logger: true,
         ..Default::default()
-    };
-    // Serving is our own loop (serve.rs: containerd-shim's cannot size its
-    // ttrpc server); `delete` goes through containerd-shim's.
-    if let Some(flags) = serving {
-        if let Err(e) = serve::serve(RUNTIME_ID, &flags, config) {
-            // containerd only sees the socket refuse: say why in its log too.
-            tracing::error!("cannot serve: {e}");
-            eprintln!("{RUNTIME_ID}: {e}");
-            std::process::exit(1);
-        }
-        return;
     }
-    containerd_shim::run::<shim::HybridShim>(RUNTIME_ID, Some(config));
 }

@@ -1,6 +1,7 @@
-//! The shim binary's lifecycle: `start` (spawn or reuse a shim for the
-//! group), `delete` (clean up after a lost shim), and serving.
+//! The shim binary's lifecycle: `start` (find or bind the group's shim
+//! socket), `delete` (clean up after a lost shim), and serving.
 
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -54,8 +55,9 @@ impl containerd_shim::Shim for HybridShim {
         }
     }
 
-    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        spawn_for_group(opts, &self.bundle)
+    fn start_shim(&mut self, _opts: StartOpts) -> containerd_shim::Result<String> {
+        // main.rs handles `start` before containerd-shim's `run` is called.
+        Err(containerd_shim::Error::Unimplemented("start goes through shim::start".into()))
     }
 
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
@@ -89,40 +91,37 @@ impl containerd_shim::Shim for HybridShim {
     }
 }
 
-/// `start`: spawn the serving shim for this container's group, or find the
-/// one already serving it (the spawned process then exits at once, seeing
-/// the group's socket answer), and return its ttrpc address.
-/// The `start` action: containerd's flags and environment as StartOpts.
-pub fn start(flags: &Flags) -> containerd_shim::Result<String> {
-    let opts = StartOpts {
-        id: flags.id.clone(),
-        publish_binary: flags.publish_binary.clone(),
-        address: flags.address.clone(),
-        ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
-        namespace: flags.namespace.clone(),
-        debug: flags.debug,
-    };
-    let bundle = std::env::current_dir()
-        .map_err(|e| containerd_shim::Error::Other(format!("cannot read the bundle dir: {e}")))?;
-    spawn_for_group(opts, &bundle)
+/// What `start` found for its container's group.
+pub enum Started {
+    /// A shim of the group serves at this address already.
+    Served(String),
+    /// No shim serves the group: its socket is bound here, for the serving
+    /// shim that `start` forks (main.rs) to take over.
+    Bound { address: String, listener: UnixListener },
 }
 
-fn spawn_for_group(opts: StartOpts, bundle: &Path) -> containerd_shim::Result<String> {
-    let grouping = group_of(bundle).unwrap_or_else(|| opts.id.clone());
+/// The `start` action: the group's address, and its socket bound when no
+/// shim serves the group yet. The address is written to the bundle's
+/// `address` file, as containerd-shim's `start` does.
+pub fn start(flags: &Flags) -> containerd_shim::Result<Started> {
+    let bundle = std::env::current_dir()
+        .map_err(|e| containerd_shim::Error::Other(format!("cannot read the bundle dir: {e}")))?;
+    let grouping = group_of(&bundle).unwrap_or_else(|| flags.id.clone());
+    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &grouping);
     // A container joining a group whose shim is up (a pod's second
-    // container) is served by that shim: say its address at once instead of
-    // starting a process that would only find the socket taken and exit (a
-    // second exec of this binary on every container start in a pod). A shim
-    // that shuts down in between fails this create, the race runc's shim
-    // (and the spawned process's own check) has too.
-    let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &grouping);
-    if grouping != opts.id && shim_answers(&address) {
-        containerd_shim::util::write_address(&address)?;
-        return Ok(address);
-    }
-    let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+    // container) is served by that shim. A shim that shuts down in between
+    // fails this create, the race runc's shim has too.
+    let started = if grouping != flags.id && shim_answers(&address) {
+        Started::Served(address.clone())
+    } else {
+        match crate::serve::listen(&address)? {
+            Some(listener) => Started::Bound { address: address.clone(), listener },
+            // Another `start` of the group bound it first.
+            None => Started::Served(address.clone()),
+        }
+    };
     containerd_shim::util::write_address(&address)?;
-    Ok(address)
+    Ok(started)
 }
 
 /// Whether a shim listens on this ttrpc address (`unix://PATH`).

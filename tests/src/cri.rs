@@ -28,7 +28,7 @@ pub use k8s_cri::v1 as api;
 use api::image_service_client::ImageServiceClient;
 use api::runtime_service_client::RuntimeServiceClient;
 
-use crate::{env, hybrid_bin, image, repo_root, unique_id, Env};
+use crate::{env, hybrid_bin, image, parent_pid, repo_root, unique_id, Env};
 
 /// The CRI runtime handler (Kubernetes RuntimeClass `handler`) for our shim.
 pub const HANDLER: &str = "hybrid";
@@ -421,13 +421,6 @@ pub fn shim_processes_for(id: &str) -> Vec<i32> {
     let mut top: Vec<i32> = shims.iter().filter(|(_, ppid)| !shims.contains_key(ppid)).map(|(pid, _)| *pid).collect();
     top.sort_unstable();
     top
-}
-
-fn parent_pid(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm may hold spaces and parentheses: fields after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Remove the cgroup directories our kubelet-like `cgroup_parent` made

@@ -270,6 +270,67 @@ pub fn cgroups_named(id: &str) -> Vec<PathBuf> {
     found
 }
 
+/// Processes of our pid namespace holding the unix socket that listens on
+/// `path` (from /proc/net/unix, matched to descriptors by inode): a shim
+/// is found by its socket, whatever command line it was started with.
+pub fn processes_listening_on(path: &str) -> Vec<i32> {
+    // __SO_ACCEPTCON in /proc/net/unix's Flags column: a listening socket.
+    const ACCEPTING: u32 = 0x10000;
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = u32::from_str_radix(fields.get(3)?, 16).ok()?;
+            (fields.get(7) == Some(&path) && flags & ACCEPTING != 0).then(|| format!("socket:[{}]", fields[6]))
+        })
+        .collect();
+    let our_pid_ns = std::fs::read_link("/proc/self/ns/pid").ok();
+    let mut pids = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return pids };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if inodes.is_empty() || std::fs::read_link(p.path().join("ns/pid")).ok() != our_pid_ns {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+        });
+        if holds {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The children of `parent` whose name (comm) is `name`.
+pub fn children_named(parent: i32, name: &str) -> Vec<i32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    procs
+        .flatten()
+        .filter_map(|p| p.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| parent_pid(*pid) == Some(parent))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name))
+        .collect()
+}
+
+/// Whether `pid` runs: neither gone nor a zombie.
+pub fn is_running(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // comm may hold spaces and parentheses: fields after the last ')'.
+    stat.rfind(')').and_then(|i| stat[i + 2..].split_whitespace().next()).is_some_and(|state| state != "Z")
+}
+
+/// The parent of `pid`, from /proc.
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may hold spaces and parentheses: fields after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Processes whose command line or environment mention `needle`.
 pub fn processes_mentioning(needle: &str) -> Vec<i32> {
     let mut pids = Vec::new();

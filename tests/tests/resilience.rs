@@ -14,37 +14,15 @@ fn shim_address(env: &Env, id: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path:?}: {e}"))
 }
 
-/// Pids of our shim processes serving `socket`. A wasm container's init is
-/// a clone of the shim that never execs, so it carries the shim's command
-/// line too; it lives in the container's pid namespace, the shim in ours.
-/// The shim processes serving `socket` (not their wasm spawners).
+/// The shim process serving `socket`: the one listening on it (its wasm
+/// spawner, a fork of it, closes the shim's descriptors).
 fn shims_on(socket: &str) -> Vec<i32> {
-    shim_processes_on(socket).into_iter().filter(|pid| !is_spawner(*pid)).collect()
+    processes_listening_on(socket)
 }
 
 /// The wasm spawners of the shims serving `socket`.
 fn spawners_on(socket: &str) -> Vec<i32> {
-    shim_processes_on(socket).into_iter().filter(|pid| is_spawner(*pid)).collect()
-}
-
-fn is_spawner(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "hybrid-spawner")
-}
-
-/// Processes with the shim's command line for `socket`: the shim and its
-/// spawner (a fork of it), in our pid namespace (a wasm container made in
-/// the shim is a clone of it, in a pid namespace of its own).
-fn shim_processes_on(socket: &str) -> Vec<i32> {
-    let our_pid_ns = std::fs::read_link("/proc/self/ns/pid").ok();
-    processes_mentioning(socket)
-        .into_iter()
-        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() == our_pid_ns)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains("containerd-shim-hybrid-v2"))
-                .unwrap_or(false)
-        })
-        .collect()
+    shims_on(socket).into_iter().flat_map(|shim| children_named(shim, "hybrid-spawner")).collect()
 }
 
 fn run_detached(env: &Env, id: &str, image_ref: &str, group: Option<&str>, args: &[&str]) {
@@ -99,9 +77,11 @@ fn a_group_is_served_by_one_shim_until_its_last_container_is_deleted() {
     let metrics = env.ctr_out(&["task", "metrics", &wasm]);
     assert_eq!(metrics.code, 0, "the remaining container is still served: {metrics:?}");
     assert_eq!(env.task_status(&wasm).as_deref(), Some("RUNNING"));
+    let (shim, spawner) = (shims_on(&socket)[0], spawners_on(&socket)[0]);
     remove(env, &wasm);
-    assert!(wait_until(Duration::from_secs(5), || shims_on(&socket).is_empty()), "the shim exits after its last container");
-    assert!(wait_until(Duration::from_secs(5), || spawners_on(&socket).is_empty()), "its spawner goes with it");
+    assert!(wait_until(Duration::from_secs(5), || !is_running(shim)), "the shim exits after its last container");
+    assert!(wait_until(Duration::from_secs(5), || !is_running(spawner)), "its spawner goes with it");
+    assert!(shims_on(&socket).is_empty(), "nothing listens on {socket} any more");
 }
 
 #[test]
@@ -115,8 +95,10 @@ fn a_killed_shim_is_cleaned_up_by_delete() {
     let socket = shim_address(env, &id).trim_start_matches("unix://").to_string();
     let shims = shims_on(&socket);
     assert_eq!(shims.len(), 1, "one shim for {id}");
+    let spawners = spawners_on(&socket);
+    assert_eq!(spawners.len(), 1, "one spawner for {id}'s shim");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).expect("kill shim");
-    assert!(wait_until(Duration::from_secs(5), || spawners_on(&socket).is_empty()), "the spawner dies with its shim");
+    assert!(wait_until(Duration::from_secs(5), || !is_running(spawners[0])), "the spawner dies with its shim");
 
     // containerd sees the shim go, runs `containerd-shim-hybrid-v2 delete`,
     // and reports the task stopped.
