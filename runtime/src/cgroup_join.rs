@@ -1,21 +1,25 @@
-//! Overlapping the kernel's wait at a container's first cgroup join with
-//! the work before it.
+//! Keeping the kernel's wait at a container's cgroup join off its start.
 //!
 //! Moving a process into a cgroup (a write to `cgroup.procs`) takes the
 //! kernel's cgroup_threadgroup_rwsem for writing. That per-cpu rwsem makes
-//! its first writer after a quiet spell wait for an RCU grace period
-//! (10-15 ms on the 2-core test machine, cgroup v1 or v2 alike); writers
-//! that come while one is waiting, or shortly after, share that grace
-//! period. A container's process joins its cgroups deep in libcontainer,
-//! some 10-15 ms after Create or Exec arrives (rootfs, spec, module cache,
-//! clones): it paid the whole wait on top. Here a thread of the shim
-//! "moves" the shim into the cgroup it is already in (the kernel changes
-//! nothing, but takes the lock) as the request arrives, so that the grace
-//! period runs meanwhile and the container's join finds it over or nearly.
+//! its first writer after a quiet spell wait for an RCU grace period (6 to
+//! 27 ms measured on the 2-core test machine, cgroup v1 or v2 alike);
+//! writers that come while one waits share that grace period, and writers
+//! that come within a grace period of the last one leaving wait for none.
+//! A container's process joins its cgroups deep in libcontainer (which
+//! writes its pid, the form that takes the lock), some 5-15 ms after Create
+//! or Exec arrives: it paid the whole wait on top. Here a thread of the
+//! shim "moves" the shim into the cgroup it is already in (the kernel
+//! changes nothing, but takes the lock) from the moment the request
+//! arrives, again every millisecond while the window is open: the grace
+//! period runs meanwhile, and the lock then never goes quiet before the
+//! container's join.
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use libcgroups::common::CgroupSetup;
 use libcgroups::v1::ControllerType;
@@ -23,16 +27,47 @@ use libcgroups::v1::ControllerType;
 /// The shim's own `cgroup.procs`, found once (None: no cgroup to rejoin).
 static OWN_PROCS: OnceLock<Option<PathBuf>> = OnceLock::new();
 
-/// Start the grace period a cgroup join is about to wait for, in the
-/// background. Best effort: any failure only loses the overlap.
-pub fn start_grace_period() {
-    let spawned = crate::fork_guard::spawn("cgroup-join".into(), || {
+/// How often the window's thread takes the lock: well inside the shortest
+/// grace period seen (6 ms), so that the lock never goes quiet.
+const REJOIN_EVERY: Duration = Duration::from_millis(1);
+
+/// While alive (and `longest` at most), a cgroup join waits for no grace
+/// period. Dropped: the thread stops at its next round. Best effort: any
+/// failure only loses the overlap.
+pub struct JoinWindow {
+    closed: Arc<AtomicBool>,
+}
+
+/// Longest a request's window stays open: a Create or Exec that takes
+/// longer (a module compiled, an image's slow disk) has joined already or
+/// pays one wait.
+const REQUEST_WINDOW: Duration = Duration::from_secs(2);
+
+impl JoinWindow {
+    /// Open the window for the join of the Create or Exec being served.
+    pub fn for_request() -> Self {
+        let closed = Arc::new(AtomicBool::new(false));
+        keep_lock_warm(REQUEST_WINDOW, closed.clone());
+        Self { closed }
+    }
+}
+
+/// Open a window that closes by itself after `longest`: for a shim that
+/// has just started and is about to be sent its first Create.
+pub fn open_window_for(longest: Duration) {
+    keep_lock_warm(longest, Arc::new(AtomicBool::new(false)));
+}
+
+fn keep_lock_warm(longest: Duration, closed: Arc<AtomicBool>) {
+    let spawned = crate::fork_guard::spawn("cgroup-join".into(), move || {
         // Paths and the open allocate: not while a clone is being taken
-        // (see fork_guard). The write, which waits, holds no lock of ours
-        // and allocates nothing (the pid is formatted on the stack).
+        // (see fork_guard). The writes, which wait, hold no lock of ours
+        // and allocate nothing (the pid is formatted on the stack).
         let file = {
             let _no_clone = crate::fork_guard::for_shared_state();
-            let Some(procs) = OWN_PROCS.get_or_init(own_cgroup_procs) else { return };
+            let Some(procs) = OWN_PROCS.get_or_init(own_cgroup_procs) else {
+                return;
+            };
             match std::fs::OpenOptions::new().write(true).open(procs) {
                 Ok(file) => file,
                 Err(e) => return tracing::debug!("cannot open {procs:?} to rejoin: {e}"),
@@ -41,10 +76,25 @@ pub fn start_grace_period() {
         let mut pid = std::io::Cursor::new([0u8; 16]);
         let _ = write!(pid, "{}", std::process::id());
         let len = pid.position() as usize;
-        let _ = (&file).write_all(&pid.get_ref()[..len]);
+        let until = Instant::now() + longest;
+        loop {
+            if (&file).write_all(&pid.get_ref()[..len]).is_err() {
+                return;
+            }
+            if closed.load(Ordering::Relaxed) || Instant::now() >= until {
+                return;
+            }
+            std::thread::sleep(REJOIN_EVERY);
+        }
     });
     if let Err(e) = spawned {
         tracing::debug!("no cgroup join thread: {e}");
+    }
+}
+
+impl Drop for JoinWindow {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -56,14 +106,26 @@ fn own_cgroup_procs() -> Option<PathBuf> {
     let (mount, pathname) = match libcgroups::common::get_cgroup_setup().ok()? {
         CgroupSetup::Unified => {
             let entry = own.into_iter().find(|c| c.hierarchy == 0)?;
-            (libcgroups::v2::util::get_unified_mount_point().ok()?, entry.pathname)
+            (
+                libcgroups::v2::util::get_unified_mount_point().ok()?,
+                entry.pathname,
+            )
         }
         CgroupSetup::Legacy | CgroupSetup::Hybrid => {
-            let entry = own.into_iter().find(|c| c.controllers.iter().any(|k| k == "pids"))?;
-            (libcgroups::v1::util::get_subsystem_mount_point(&ControllerType::Pids).ok()?, entry.pathname)
+            let entry = own
+                .into_iter()
+                .find(|c| c.controllers.iter().any(|k| k == "pids"))?;
+            (
+                libcgroups::v1::util::get_subsystem_mount_point(&ControllerType::Pids).ok()?,
+                entry.pathname,
+            )
         }
     };
-    Some(mount.join(pathname.trim_start_matches('/')).join("cgroup.procs"))
+    Some(
+        mount
+            .join(pathname.trim_start_matches('/'))
+            .join("cgroup.procs"),
+    )
 }
 
 #[cfg(test)]
@@ -77,6 +139,9 @@ mod tests {
         let procs = own_cgroup_procs().expect("this process's cgroup.procs");
         let listed = std::fs::read_to_string(&procs).expect("readable cgroup.procs");
         let pid = std::process::id().to_string();
-        assert!(listed.lines().any(|line| line == pid), "{procs:?} does not list {pid}");
+        assert!(
+            listed.lines().any(|line| line == pid),
+            "{procs:?} does not list {pid}"
+        );
     }
 }

@@ -129,8 +129,9 @@ impl HybridContainer {
     /// a wasi:http component listens unless an annotation says otherwise.
     pub fn create_with_image_port(config: &ContainerConfig, workload: Workload, image_port: Option<u16>) -> Result<Self, ContainerError> {
         // The init process joins its cgroups some milliseconds from now:
-        // start the kernel's wait for that now (see cgroup_join.rs).
-        crate::cgroup_join::start_grace_period();
+        // start the kernel's wait for that now, and keep it from coming
+        // back until the container exists (see cgroup_join.rs).
+        let _join_window = crate::cgroup_join::JoinWindow::for_request();
         let view = SpecView::load(&config.bundle);
         // Compile before the container exists: a bad module fails Create,
         // and the cache makes every later start load machine code only.

@@ -69,8 +69,9 @@ impl HybridContainer {
 
     /// Start a prepared exec.
     pub fn start_exec(&self, exec: &PreparedExec) -> Result<StartedExec, ContainerError> {
-        // The process joins the container's cgroups: start the kernel's wait now.
-        crate::cgroup_join::start_grace_period();
+        // The process joins the container's cgroups: start the kernel's
+        // wait now, and keep it from coming back until it has joined.
+        let _join_window = crate::cgroup_join::JoinWindow::for_request();
         let id = self.id().to_string();
         let lc = |source| ContainerError::Libcontainer { id: id.clone(), action: "exec", source };
         let tty_err = |source| ContainerError::Tty { id: id.clone(), source };

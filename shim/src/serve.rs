@@ -35,6 +35,9 @@ const MIN_FREE_WORKERS: usize = 1;
 const DEFAULT_WORKERS: usize = 2;
 const MAX_WORKERS: usize = 3;
 
+/// How long after the shim starts its first Create is expected.
+const FIRST_CREATE_WITHIN: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Serve containerd on the socket `flags` names until the shim is told to
 /// exit (the last container of its group deleted, or Shutdown).
 /// `listener` is the socket `start` bound before forking this process;
@@ -58,6 +61,10 @@ pub fn serve(
     // that a write to a closed socket fails instead of ending the shim.
     let signals = Signals::new([SIGTERM, SIGINT, SIGPIPE, SIGCHLD])
         .map_err(|e| Error::Other(format!("cannot handle signals: {e}")))?;
+    // containerd sends the first Create within milliseconds: its cgroup
+    // join should find the kernel's grace period over (see
+    // hybrid_runtime::cgroup_join).
+    hybrid_runtime::cgroup_join::open_window_for(FIRST_CREATE_WITHIN);
     // Orphaned container processes are reparented here, to be reaped.
     // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag; no memory is passed.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
