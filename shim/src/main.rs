@@ -73,6 +73,7 @@ fn start(flags: containerd_shim::Flags) {
         Ok(shim::Started::Bound { address, listener }) => match serve::fork_server() {
             Ok(serve::Forked::Start) => print!("{address}"),
             Ok(serve::Forked::Server) => {
+                serve::show_as_serving();
                 let serving = containerd_shim::Flags {
                     debug: flags.debug,
                     namespace: flags.namespace,

@@ -170,6 +170,33 @@ pub fn fork_server() -> Result<Forked, Error> {
     }
 }
 
+/// The forked shim keeps `start`'s command line, which `ps` would show as
+/// a `start` still running: its last argument is rewritten in place to
+/// `serve` (the kernel reads a command line from the process's memory).
+/// Only when the memory holds exactly `start` where it should.
+pub fn show_as_serving() {
+    extern "C" {
+        // glibc's pointer to argv[0], the first of the argument strings
+        // the kernel laid out back to back, each ending in a NUL.
+        static program_invocation_name: *mut libc::c_char;
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.last().map(|a| a.as_os_str()) != Some(std::ffi::OsStr::new("start")) {
+        return;
+    }
+    let offset: usize = args[..args.len() - 1].iter().map(|a| a.len() + 1).sum();
+    // SAFETY: argv[0] to the last argument's NUL is one writable block of
+    // this process's stack (see above) of `offset` + 6 bytes, the lengths
+    // args_os copied from it at startup; the bytes are checked to be
+    // `start` and its NUL before five of them are overwritten, in place.
+    unsafe {
+        let last = program_invocation_name.add(offset).cast::<u8>();
+        if std::slice::from_raw_parts(last, 6) == b"start\0" {
+            std::ptr::copy_nonoverlapping(b"serve".as_ptr(), last, 5);
+        }
+    }
+}
+
 /// A `start` process that execed this one copies our stdout until it
 /// closes, then hands containerd the address: close it (onto stderr, a
 /// descriptor that stays valid) once the server listens.
