@@ -58,6 +58,36 @@ pub fn open_window_for(longest: Duration) {
     keep_lock_warm(longest, Arc::new(AtomicBool::new(false)));
 }
 
+/// Start the grace period from a short-lived child process, for a
+/// process that is about to exit and must not wait: the shim's `start`,
+/// whose container's Create follows within milliseconds. Only for a
+/// single-threaded process (the child runs in a copy of its memory).
+pub fn start_grace_period_in_child() {
+    // SAFETY: the caller is single-threaded (see above), so the child's
+    // copy of its memory holds no lock of a thread missing there.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            // Let go of the caller's stdio first: its reader (containerd
+            // reading `start`) waits for every holder to close them.
+            if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+                for fd in 0..3 {
+                    // SAFETY: dup2 onto this single-threaded child's
+                    // standard descriptors; `null` stays valid meanwhile.
+                    unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
+                }
+            }
+            if let Some(procs) = own_cgroup_procs() {
+                let _ = std::fs::write(procs, std::process::id().to_string());
+            }
+            // SAFETY: _exit ends this child without running the parent's
+            // atexit handlers or flushing its copies of the parent's buffers.
+            unsafe { libc::_exit(0) };
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {}
+        Err(e) => tracing::debug!("no cgroup join child: {e}"),
+    }
+}
+
 fn keep_lock_warm(longest: Duration, closed: Arc<AtomicBool>) {
     let spawned = crate::fork_guard::spawn("cgroup-join".into(), move || {
         // Paths and the open allocate: not while a clone is being taken

@@ -68,6 +68,9 @@ fn start(flags: containerd_shim::Flags) {
         eprintln!("{RUNTIME_ID}: start: {e}");
         std::process::exit(1);
     };
+    // Create follows within milliseconds and its container joins cgroups:
+    // start the kernel's wait for that now (see hybrid_runtime::cgroup_join).
+    hybrid_runtime::cgroup_join::start_grace_period_in_child();
     match shim::start(&flags) {
         Ok(shim::Started::Served(address)) => print!("{address}"),
         Ok(shim::Started::Bound { address, listener }) => match serve::fork_server() {
