@@ -101,9 +101,25 @@ pub fn spawn_exit_watcher(state: Shared, events: EventSender) {
         for ExitEvent { subject, exit_code } in subscription.rx.iter() {
             let Subject::Pid(pid) = subject else { continue };
             let (lock, cvar) = &*state;
-            let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
-            if record_exit(&mut st, pid, exit_code, &events) {
-                cvar.notify_all();
+            let recorded = {
+                let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+                record_exit(&mut st, pid, exit_code, &events)
+            };
+            match recorded {
+                None => {}
+                Some(ExitedProc::Exec) => cvar.notify_all(),
+                Some(ExitedProc::Init { bundle }) => {
+                    cvar.notify_all();
+                    // A task whose init exited can only be deleted: its
+                    // rootfs is unmounted now, while containerd takes the
+                    // exit to its client, instead of in Delete, where
+                    // the unmount's wait for the kernel (an RCU grace
+                    // period, 3-5 ms) held up the reply. The container's
+                    // processes see their own copy of the mount (their
+                    // mount namespace, pivoted into it). Delete unmounts
+                    // what is still there.
+                    crate::rootfs::unmount_all(&bundle);
+                }
             }
         }
     });
@@ -112,11 +128,17 @@ pub fn spawn_exit_watcher(state: Shared, events: EventSender) {
     }
 }
 
-fn record_exit(st: &mut State, pid: i32, exit_code: i32, events: &EventSender) -> bool {
+/// Which of a container's processes an exit was.
+enum ExitedProc {
+    Init { bundle: PathBuf },
+    Exec,
+}
+
+fn record_exit(st: &mut State, pid: i32, exit_code: i32, events: &EventSender) -> Option<ExitedProc> {
     for (id, entry) in st.containers.iter_mut() {
-        let init = std::iter::once((id.clone(), &mut entry.init));
-        let execs = entry.execs.iter_mut().map(|(exec_id, e)| (exec_id.clone(), &mut e.proc));
-        for (proc_id, proc) in init.chain(execs) {
+        let init = std::iter::once((id.clone(), &mut entry.init, true));
+        let execs = entry.execs.iter_mut().map(|(exec_id, e)| (exec_id.clone(), &mut e.proc, false));
+        for (proc_id, proc, is_init) in init.chain(execs) {
             if proc.pid as i32 != pid || proc.exited.is_some() {
                 continue;
             }
@@ -131,7 +153,7 @@ fn record_exit(st: &mut State, pid: i32, exit_code: i32, events: &EventSender) -
             // The kernel's OOM killer leaves no trace in the exit status but a
             // SIGKILL: ask the memory cgroup, and say so before the exit. A
             // wasm guest stopped by its memory limit said so on its pipe.
-            let oom = if proc_id != *id {
+            let oom = if !is_init {
                 None
             } else if entry.container.guest_ran_out_of_memory() {
                 Some("wasm guest ran out of memory")
@@ -156,8 +178,11 @@ fn record_exit(st: &mut State, pid: i32, exit_code: i32, events: &EventSender) -
                 },
             );
             proc.exited = Some(exited);
-            return true;
+            return Some(match is_init {
+                true => ExitedProc::Init { bundle: entry.bundle.clone() },
+                false => ExitedProc::Exec,
+            });
         }
     }
-    false
+    None
 }
