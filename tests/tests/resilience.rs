@@ -192,3 +192,34 @@ fn two_hundred_cycles_leak_no_fd_mount_cgroup_or_zombie() {
     }
     remove(env, &anchor);
 }
+
+/// Whether `path` is a mount point in this (the shim's) mount namespace.
+fn is_mount_point(path: &std::path::Path) -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let path = path.to_string_lossy();
+    mountinfo.lines().any(|line| line.split(' ').nth(4) == Some(path.as_ref()))
+}
+
+#[test]
+fn a_rootfs_is_unmounted_when_its_init_exits_and_the_task_is_still_deletable() {
+    let env = env();
+    for (image_ref, args) in [(image("busybox"), &["sleep", "60"][..]), (image("sleep-wat"), &[][..])] {
+        let id = unique_id("unmounted");
+        run_detached(env, &id, &image_ref, None, args);
+        let rootfs = env.state.join("state/io.containerd.runtime.v2.task/default").join(&id).join("rootfs");
+        assert!(is_mount_point(&rootfs), "{id}: the running container's rootfs {rootfs:?} is mounted");
+        let kill = env.ctr_out(&["task", "kill", "-s", "SIGKILL", &id]);
+        assert_eq!(kill.code, 0, "{kill:?}");
+        assert!(env.wait_for_status(&id, "STOPPED", Duration::from_secs(10)), "{id} never stopped");
+        // The task is stopped, not deleted: its rootfs is already let go.
+        assert!(
+            wait_until(Duration::from_secs(5), || !is_mount_point(&rootfs)),
+            "{id}: rootfs {rootfs:?} still mounted after its init exited"
+        );
+        assert_eq!(env.task_status(&id).as_deref(), Some("STOPPED"), "{id}: the task is still there");
+        let rm = env.ctr_out(&["task", "rm", &id]);
+        assert_eq!(rm.code, 0, "{id}: {rm:?}");
+        let crm = env.ctr_out(&["container", "rm", &id]);
+        assert_eq!(crm.code, 0, "{id}: {crm:?}");
+    }
+}
