@@ -69,13 +69,7 @@ pub fn start_grace_period_in_child() {
         Ok(nix::unistd::ForkResult::Child) => {
             // Let go of the caller's stdio first: its reader (containerd
             // reading `start`) waits for every holder to close them.
-            if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
-                for fd in 0..3 {
-                    // SAFETY: dup2 onto this single-threaded child's
-                    // standard descriptors; `null` stays valid meanwhile.
-                    unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
-                }
-            }
+            let _ = crate::fds::stdio_to_dev_null();
             if let Some(procs) = own_cgroup_procs() {
                 let _ = std::fs::write(procs, std::process::id().to_string());
             }

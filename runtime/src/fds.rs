@@ -1,7 +1,8 @@
 //! The descriptors a process holds, for the forked processes (spawner,
-//! wasm container) that must let go of what they inherited.
+//! wasm container, the shim's serving process) that must let go of what
+//! they inherited.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 /// This process's open descriptors above stderr, read from /proc/self/fd.
 /// The listing's own descriptor is among them, closed by the time this
@@ -10,4 +11,20 @@ pub(crate) fn open_above_stdio() -> Vec<RawFd> {
     std::fs::read_dir("/proc/self/fd")
         .map(|dir| dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter(|&fd| fd > 2).collect())
         .unwrap_or_default()
+}
+
+/// Point stdin, stdout and stderr at /dev/null: a forked process lets go
+/// of its parent's stdio (pipes whose readers wait for every holder to
+/// close them, as containerd does on `start`'s). Only for a
+/// single-threaded process: the descriptors change under any other thread.
+pub fn stdio_to_dev_null() -> std::io::Result<()> {
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    for fd in 0..3 {
+        // SAFETY: dup2 onto this single-threaded process's standard
+        // descriptors; `null` stays valid meanwhile.
+        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

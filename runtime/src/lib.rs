@@ -14,7 +14,7 @@ pub mod limits;
 pub mod logdriver;
 pub mod oneshot;
 pub mod executor;
-mod fds;
+pub mod fds;
 pub mod fork_guard;
 pub mod http;
 pub mod preopens;

@@ -192,13 +192,7 @@ fn serve(socket: OwnedFd) -> ! {
 /// whose readers wait for EOF (containerd-shim's `start` waits on them), and
 /// containers get their stdio from their own paths.
 fn detach_descriptors(keep: RawFd) {
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors of this
-            // single-threaded process; `null` stays valid meanwhile.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
-    }
+    let _ = crate::fds::stdio_to_dev_null();
     for fd in crate::fds::open_above_stdio().into_iter().filter(|&fd| fd != keep) {
         // SAFETY: nothing in this process uses these descriptors (they are
         // the shim's, inherited by the fork); a stale number (the closed

@@ -12,7 +12,7 @@
 //! cannot size the server, so the serving path is here; `start` is ours
 //! already (main.rs) and `delete` still goes through `run`.
 
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::Arc;
@@ -148,21 +148,12 @@ pub fn fork_server() -> Result<Forked, Error> {
         Ok(nix::unistd::ForkResult::Parent { .. }) => Ok(Forked::Start),
         Ok(nix::unistd::ForkResult::Child) => {
             let _ = nix::unistd::setsid();
-            match std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
-                Ok(null) => {
-                    for fd in 0..3 {
-                        // SAFETY: dup2 onto this single-threaded process's
-                        // standard descriptors; `null` stays valid meanwhile.
-                        unsafe { libc::dup2(null.as_raw_fd(), fd) };
-                    }
-                }
+            if hybrid_runtime::fds::stdio_to_dev_null().is_err() {
                 // Without /dev/null containerd would wait for this process
                 // forever: closing is the next best.
-                Err(_) => {
-                    for fd in 0..3 {
-                        // SAFETY: closes this process's standard descriptors.
-                        unsafe { libc::close(fd) };
-                    }
+                for fd in 0..3 {
+                    // SAFETY: closes this process's standard descriptors.
+                    unsafe { libc::close(fd) };
                 }
             }
             Ok(Forked::Server)
