@@ -52,12 +52,10 @@ fn main() {
             start(flags);
             return;
         }
-        if flags.action.is_empty() {
-            serve_containers(&flags, None);
-            return;
-        }
     }
-    // `delete` goes through containerd-shim's `run`.
+    // `delete` goes through containerd-shim's `run` (as would a serving
+    // process started without `start`, which containerd never does: ours
+    // is forked by `start`).
     containerd_shim::run::<shim::HybridShim>(RUNTIME_ID, Some(shim_config()));
 }
 
@@ -87,7 +85,7 @@ fn start(flags: containerd_shim::Flags) {
                     publish_binary: flags.publish_binary,
                     ..Default::default()
                 };
-                serve_containers(&serving, Some(listener));
+                serve_containers(&serving, listener);
             }
             Err(e) => fail(&e),
         },
@@ -96,7 +94,7 @@ fn start(flags: containerd_shim::Flags) {
 }
 
 /// The serving shim, until its group's last container is deleted.
-fn serve_containers(flags: &containerd_shim::Flags, listener: Option<UnixListener>) {
+fn serve_containers(flags: &containerd_shim::Flags, listener: UnixListener) {
     // One malloc arena per process instead of one per thread (up to eight
     // per core): a wasm container made in the shim is its clone, and every
     // page the shim writes after that clone stays, as a private copy, in the

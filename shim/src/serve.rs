@@ -9,8 +9,9 @@
 //! calls come one at a time, except its Wait, which blocks a worker until
 //! the task exits: two workers, and a fresh one whenever none is free, are
 //! enough (ttrpc wants min < default < max). containerd-shim's `run`
-//! cannot size the server, so the serving path is here; `start` is ours
-//! already (main.rs) and `delete` still goes through `run`.
+//! cannot size the server, so the serving path is here: `start` (main.rs)
+//! binds the socket and forks the serving process; `delete` still goes
+//! through `run`.
 
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixListener;
@@ -38,21 +39,12 @@ const MAX_WORKERS: usize = 3;
 /// How long after the shim starts its first Create is expected.
 const FIRST_CREATE_WITHIN: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Serve containerd on the socket `flags` names until the shim is told to
-/// exit (the last container of its group deleted, or Shutdown).
-/// `listener` is the socket `start` bound before forking this process;
-/// None when the process was started with `-socket` to bind it itself.
-pub fn serve(
-    runtime_id: &str,
-    flags: &Flags,
-    mut config: Config,
-    listener: Option<UnixListener>,
-) -> Result<(), Error> {
+/// Serve containerd on `listener`, the group's socket that `start` bound
+/// (`flags.socket` names it) before forking this process, until the shim
+/// is told to exit (the last container of its group deleted, or Shutdown).
+pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: UnixListener) -> Result<(), Error> {
     if flags.namespace.is_empty() {
         return Err(Error::InvalidArgument("shim namespace cannot be empty".into()));
-    }
-    if flags.socket.is_empty() {
-        return Err(Error::InvalidArgument("shim socket cannot be empty".into()));
     }
     // Where containerd takes events, as containerd-shim reads it.
     let ttrpc_address =
@@ -71,17 +63,6 @@ pub fn serve(
         return Err(Error::Other(format!("cannot become a subreaper: {}", std::io::Error::last_os_error())));
     }
     let mut shim = HybridShim::new(runtime_id, flags, &mut config);
-    let listener = match listener {
-        Some(listener) => Some(listener),
-        None => listen(&flags.socket)?,
-    };
-    let Some(listener) = listener else {
-        // Another shim of the group serves on this socket (a race with its
-        // start): containerd is given its address.
-        containerd_shim::util::write_address(&flags.socket)?;
-        release_start();
-        return Ok(());
-    };
     let publisher = RemotePublisher::new(&ttrpc_address)?;
     let task = create_task(Arc::new(shim.create_task_service(publisher)));
     let mut server = Server::new()
@@ -91,7 +72,6 @@ pub fn serve(
         .set_thread_count_max(MAX_WORKERS)
         .register_service(task);
     server.start()?;
-    release_start();
     tracing::info!("shim serving on {}", flags.socket);
     std::thread::Builder::new()
         .name("signals".into())
@@ -185,16 +165,6 @@ pub fn show_as_serving() {
         if std::slice::from_raw_parts(last, 6) == b"start\0" {
             std::ptr::copy_nonoverlapping(b"serve".as_ptr(), last, 5);
         }
-    }
-}
-
-/// A `start` process that execed this one copies our stdout until it
-/// closes, then hands containerd the address: close it (onto stderr, a
-/// descriptor that stays valid) once the server listens.
-fn release_start() {
-    // SAFETY: dup2 onto this process's own stdout; both descriptors are valid.
-    if unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) } < 0 {
-        tracing::warn!("cannot release the start process: {}", std::io::Error::last_os_error());
     }
 }
 
