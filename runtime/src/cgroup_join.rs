@@ -52,6 +52,12 @@ impl JoinWindow {
     }
 }
 
+impl Drop for JoinWindow {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Open a window that closes by itself after `longest`: for a shim that
 /// has just started and is about to be sent its first Create.
 pub fn open_window_for(longest: Duration) {
@@ -89,9 +95,7 @@ fn keep_lock_warm(longest: Duration, closed: Arc<AtomicBool>) {
         // and allocate nothing (the pid is formatted on the stack).
         let file = {
             let _no_clone = crate::fork_guard::for_shared_state();
-            let Some(procs) = OWN_PROCS.get_or_init(own_cgroup_procs) else {
-                return;
-            };
+            let Some(procs) = OWN_PROCS.get_or_init(own_cgroup_procs) else { return };
             match std::fs::OpenOptions::new().write(true).open(procs) {
                 Ok(file) => file,
                 Err(e) => return tracing::debug!("cannot open {procs:?} to rejoin: {e}"),
@@ -116,12 +120,6 @@ fn keep_lock_warm(longest: Duration, closed: Arc<AtomicBool>) {
     }
 }
 
-impl Drop for JoinWindow {
-    fn drop(&mut self) {
-        self.closed.store(true, Ordering::Relaxed);
-    }
-}
-
 /// `cgroup.procs` of the cgroup this process is in: in the unified
 /// hierarchy on cgroup v2, in the pids hierarchy on v1 (any hierarchy
 /// would do: the lock is one for all).
@@ -130,26 +128,14 @@ fn own_cgroup_procs() -> Option<PathBuf> {
     let (mount, pathname) = match libcgroups::common::get_cgroup_setup().ok()? {
         CgroupSetup::Unified => {
             let entry = own.into_iter().find(|c| c.hierarchy == 0)?;
-            (
-                libcgroups::v2::util::get_unified_mount_point().ok()?,
-                entry.pathname,
-            )
+            (libcgroups::v2::util::get_unified_mount_point().ok()?, entry.pathname)
         }
         CgroupSetup::Legacy | CgroupSetup::Hybrid => {
-            let entry = own
-                .into_iter()
-                .find(|c| c.controllers.iter().any(|k| k == "pids"))?;
-            (
-                libcgroups::v1::util::get_subsystem_mount_point(&ControllerType::Pids).ok()?,
-                entry.pathname,
-            )
+            let entry = own.into_iter().find(|c| c.controllers.iter().any(|k| k == "pids"))?;
+            (libcgroups::v1::util::get_subsystem_mount_point(&ControllerType::Pids).ok()?, entry.pathname)
         }
     };
-    Some(
-        mount
-            .join(pathname.trim_start_matches('/'))
-            .join("cgroup.procs"),
-    )
+    Some(mount.join(pathname.trim_start_matches('/')).join("cgroup.procs"))
 }
 
 #[cfg(test)]
@@ -163,9 +149,6 @@ mod tests {
         let procs = own_cgroup_procs().expect("this process's cgroup.procs");
         let listed = std::fs::read_to_string(&procs).expect("readable cgroup.procs");
         let pid = std::process::id().to_string();
-        assert!(
-            listed.lines().any(|line| line == pid),
-            "{procs:?} does not list {pid}"
-        );
+        assert!(listed.lines().any(|line| line == pid), "{procs:?} does not list {pid}");
     }
 }
