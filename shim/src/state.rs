@@ -105,21 +105,17 @@ pub fn spawn_exit_watcher(state: Shared, events: EventSender) {
                 let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
                 record_exit(&mut st, pid, exit_code, &events)
             };
-            match recorded {
-                None => {}
-                Some(ExitedProc::Exec) => cvar.notify_all(),
-                Some(ExitedProc::Init { bundle }) => {
-                    cvar.notify_all();
-                    // A task whose init exited can only be deleted: its
-                    // rootfs is unmounted now, while containerd takes the
-                    // exit to its client, instead of in Delete, where
-                    // the unmount's wait for the kernel (an RCU grace
-                    // period, 3-5 ms) held up the reply. The container's
-                    // processes see their own copy of the mount (their
-                    // mount namespace, pivoted into it). Delete unmounts
-                    // what is still there.
-                    crate::rootfs::unmount_all(&bundle);
-                }
+            let Some(exited) = recorded else { continue };
+            cvar.notify_all();
+            if let ExitedProc::Init { bundle } = exited {
+                // A task whose init exited can only be deleted: its rootfs
+                // is unmounted now, while containerd takes the exit to its
+                // client, instead of in Delete, where the unmount's wait for
+                // the kernel (3-5 ms) held up the reply. The container's
+                // processes see their own copy of the mount (their mount
+                // namespace, pivoted into it). Delete unmounts what is
+                // still there.
+                crate::rootfs::unmount_all(&bundle);
             }
         }
     });
