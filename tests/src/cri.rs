@@ -28,7 +28,7 @@ pub use k8s_cri::v1 as api;
 use api::image_service_client::ImageServiceClient;
 use api::runtime_service_client::RuntimeServiceClient;
 
-use crate::{env, hybrid_bin, image, parent_pid, repo_root, unique_id, Env};
+use crate::{all_pids, env, hybrid_bin, image, parent_pid, repo_root, unique_id, Env};
 
 /// The CRI runtime handler (Kubernetes RuntimeClass `handler`) for our shim.
 pub const HANDLER: &str = "hybrid";
@@ -407,10 +407,8 @@ pub fn describe(status: &api::ContainerStatus) -> String {
 /// shim and keeps its command line until it execs, if ever).
 pub fn shim_processes_for(id: &str) -> Vec<i32> {
     let mut shims: HashMap<i32, i32> = HashMap::new(); // pid -> ppid
-    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
-    for p in procs.flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else { continue };
+    for pid in all_pids() {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
         let args: Vec<String> =
             cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         let is_shim = args.first().is_some_and(|a| a.ends_with("containerd-shim-hybrid-v2"));

@@ -287,60 +287,67 @@ pub fn processes_listening_on(path: &str) -> Vec<i32> {
         })
         .collect();
     let our_pid_ns = std::fs::read_link("/proc/self/ns/pid").ok();
-    let mut pids = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return pids };
-    for p in procs.flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
-        if inodes.is_empty() || std::fs::read_link(p.path().join("ns/pid")).ok() != our_pid_ns {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
-        });
-        if holds {
-            pids.push(pid);
-        }
+    if inodes.is_empty() {
+        return Vec::new();
     }
-    pids
+    let holds = |pid: i32| {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+        })
+    };
+    all_pids()
+        .into_iter()
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() == our_pid_ns)
+        .filter(|pid| holds(*pid))
+        .collect()
 }
 
 /// The children of `parent` whose name (comm) is `name`.
 pub fn children_named(parent: i32, name: &str) -> Vec<i32> {
-    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
-    procs
-        .flatten()
-        .filter_map(|p| p.file_name().to_string_lossy().parse::<i32>().ok())
+    all_pids()
+        .into_iter()
         .filter(|pid| parent_pid(*pid) == Some(parent))
         .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name))
         .collect()
 }
 
-/// Whether `pid` runs: neither gone nor a zombie.
+/// Every process id under /proc.
+pub fn all_pids() -> Vec<i32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    procs.flatten().filter_map(|p| p.file_name().to_string_lossy().parse().ok()).collect()
+}
+
+/// The fields of /proc/PID/stat after the command name, which may hold
+/// spaces and parentheses: the state first, then the parent's pid, ...
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// The state letter of `pid` (R, S, D, Z, X...), None once it is gone.
+pub fn process_state(pid: i32) -> Option<String> {
+    stat_fields(pid)?.into_iter().next()
+}
+
+/// Whether `pid` runs: neither gone nor a zombie (nor dead, X).
 pub fn is_running(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    // comm may hold spaces and parentheses: fields after the last ')'.
-    stat.rfind(')').and_then(|i| stat[i + 2..].split_whitespace().next()).is_some_and(|state| state != "Z")
+    process_state(pid).is_some_and(|state| state != "Z" && state != "X")
 }
 
 /// The parent of `pid`, from /proc.
 pub fn parent_pid(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm may hold spaces and parentheses: fields after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    stat_fields(pid)?.get(1)?.parse().ok()
 }
 
 /// Processes whose command line or environment mention `needle`.
 pub fn processes_mentioning(needle: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return pids };
-    for p in procs.flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(needle) {
-            pids.push(pid);
-        }
-    }
-    pids
+    all_pids()
+        .into_iter()
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(needle)
+        })
+        .collect()
 }

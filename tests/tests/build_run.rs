@@ -257,9 +257,7 @@ fn gone_within(pid: i32, secs: u64) -> bool {
     while std::time::Instant::now() < deadline {
         // A zombie is gone too: a process whose parent died is reaped by
         // whatever init the host has, if any.
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-        if matches!(state, None | Some("Z") | Some("X")) {
+        if !is_running(pid) {
             return true;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -301,7 +299,7 @@ fn a_build_killed_during_run_leaves_nothing_behind() {
     let id = format!("hybrid-build-{build_pid}-0");
     let helpers: Vec<i32> = processes_mentioning("__hybrid-build-run")
         .into_iter()
-        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default().split_whitespace().nth(3) == Some(&build_pid.to_string()))
+        .filter(|p| parent_pid(*p) == Some(build_pid as i32))
         .collect();
     assert_eq!(helpers.len(), 1, "one RUN helper under the build: {helpers:?}");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(helpers[0]), nix::sys::signal::Signal::SIGKILL).expect("kill the helper");

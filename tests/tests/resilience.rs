@@ -122,18 +122,9 @@ fn fd_count(pid: i32) -> usize {
 }
 
 fn zombie_children(pid: i32) -> usize {
-    let Ok(procs) = std::fs::read_dir("/proc") else { return 0 };
-    procs
-        .flatten()
-        .filter_map(|p| std::fs::read_to_string(p.path().join("stat")).ok())
-        .filter(|stat| {
-            // "pid (comm) S ppid ..." — comm may hold spaces; parse after ')'.
-            let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
-            let mut cols = after.split_whitespace();
-            let state = cols.next();
-            let ppid = cols.next().and_then(|p| p.parse::<i32>().ok());
-            state == Some("Z") && ppid == Some(pid)
-        })
+    all_pids()
+        .into_iter()
+        .filter(|p| parent_pid(*p) == Some(pid) && process_state(*p).as_deref() == Some("Z"))
         .count()
 }
 

@@ -84,12 +84,7 @@ fn a_spinning_module_is_stopped_by_a_kill() {
     // end (gone, or a zombie for the shim to reap) without ctr's round trips.
     let killed_at = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).expect("kill");
-    let ended = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
-            .unwrap_or(true)
-    };
-    while !ended(pid) {
+    while is_running(pid) {
         assert!(killed_at.elapsed() < Duration::from_secs(10), "a spinning module survived SIGTERM for 10 s");
         std::thread::sleep(Duration::from_micros(200));
     }
