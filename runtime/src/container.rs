@@ -7,14 +7,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager};
-use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
-use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::Signal;
 use oci_spec::runtime::Spec;
 
+use crate::clone_job::{CloneJob, JobProcess};
 use crate::compile_cache::CompileCache;
-use crate::executor::HybridExecutor;
 use crate::wasm;
 use crate::workload::read_entrypoint;
 use crate::stdio::{HeldFifos, StdioError, StdioPaths};
@@ -37,10 +35,10 @@ pub enum ContainerError {
         action: &'static str,
         source: libcontainer::error::LibcontainerError,
     },
-    /// What the spawner said (already naming the container), or why it
-    /// could not be asked.
-    #[error("{message}")]
-    Spawner { id: String, message: String },
+    /// libcontainer's error, from the process that ran its part (see
+    /// clone_job.rs), or why that process could not be had.
+    #[error("container {id}: {action}: {message}")]
+    Job { id: String, action: &'static str, message: String },
     #[error("cannot create state root {path:?}: {source}")]
     StateRoot { path: PathBuf, source: std::io::Error },
     #[error("container {id}: exec {exec_id}: {message}")]
@@ -101,7 +99,7 @@ pub struct HybridContainer {
 
 /// What Create reads of the bundle's spec. A spec that cannot be read
 /// leaves the defaults here; libcontainer then names what is wrong with it.
-pub(crate) struct SpecView {
+struct SpecView {
     spec: Option<Spec>,
     annotations: HashMap<String, String>,
     wasm_memory: WasmMemoryLimit,
@@ -109,7 +107,7 @@ pub(crate) struct SpecView {
 }
 
 impl SpecView {
-    pub(crate) fn load(bundle: &Path) -> Self {
+    fn load(bundle: &Path) -> Self {
         let spec = Spec::load(bundle.join("config.json")).ok();
         let annotations = spec.as_ref().and_then(|spec| spec.annotations().clone()).unwrap_or_default();
         let wasm_memory = WasmMemoryLimit::from_spec(spec.as_ref());
@@ -145,23 +143,18 @@ impl HybridContainer {
         } else {
             None
         };
-        // Idle wasm containers are cheapest cloned from the spawner (see
-        // spawner.rs), which makes them with `make`, handed the entry just
-        // checked here (no second read of the module).
-        let logs_to_a_binary = config.stdio.stdout.starts_with("binary://");
-        let mut container = if workload.kind.is_wasm() && !view.terminal && !logs_to_a_binary && crate::spawner::available() {
-            crate::spawner::create(config, &workload, image_port, compiled, view)?
-        } else {
-            Self::make(config, workload, image_port, compiled, view)?
-        };
+        let mut container = Self::make(config, workload, image_port, compiled, view)?;
         // Held from here: the process runs only once started.
         container.held_fifos = config.stdio.hold_output_fifos();
         Ok(container)
     }
 
     /// Make the container: its module (if wasm) already compiled into the
-    /// cache entry `compiled`.
-    pub(crate) fn make(
+    /// cache entry `compiled`. What needs this process (stdio, the
+    /// terminal's socket, the out-of-memory pipe) is made here;
+    /// libcontainer's part runs as a job (clone_job.rs), and the container
+    /// is loaded from the state it left.
+    fn make(
         config: &ContainerConfig,
         workload: Workload,
         image_port: Option<u16>,
@@ -170,10 +163,6 @@ impl HybridContainer {
     ) -> Result<Self, ContainerError> {
         let SpecView { spec, annotations, wasm_memory, terminal } = view;
         let id = config.id.clone();
-        let lc = |action| {
-            let id = id.clone();
-            move |source| ContainerError::Libcontainer { id, action, source }
-        };
         std::fs::create_dir_all(&config.state_root).map_err(|e| ContainerError::StateRoot {
             path: config.state_root.clone(),
             source: e,
@@ -181,79 +170,72 @@ impl HybridContainer {
         if let Some(spec) = &spec {
             crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle, spec)?;
         }
-        let precompiled = compiled.as_ref().and_then(wasm::CompiledEntry::open);
-        // A wasm guest that runs out of memory says so on this pipe; the
-        // write end reaches the container through the clone and is closed
-        // here once it is created, so the read end sees EOF at its exit.
-        let (oom_read, oom_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| ContainerError::Cgroup { id: id.clone(), message: format!("cannot create the oom pipe: {e}") })?;
+        let is_wasm = workload.kind.is_wasm();
         // A bad port annotation fails Create, not the guest's start.
         let http_port = match workload.kind {
             crate::workload::WorkloadKind::WasmComponent => crate::http::http_port(&annotations, image_port)?,
             _ => crate::http::DEFAULT_HTTP_PORT,
         };
-        let mut executor = HybridExecutor::new(workload.clone(), precompiled).with_http_port(http_port);
-        if workload.kind.is_wasm() {
-            executor = executor.with_memory_limit(wasm_memory.get()).with_oom_notify(oom_write.as_raw_fd());
-        }
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        // A wasm guest that runs out of memory says so on this pipe; the
+        // write end reaches the container through the job and its clones,
+        // and is closed here once the job is done, so the read end sees EOF
+        // at the container's exit.
+        let oom_events = match is_wasm {
+            true => {
+                let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| ContainerError::Cgroup { id: id.clone(), message: format!("cannot create the oom pipe: {e}") })?;
+                fds.push(write);
+                Some(read)
+            }
+            false => None,
+        };
+        let oom_notify = is_wasm.then_some(0);
         let tty_err = |source| ContainerError::Tty { id: id.clone(), source };
         let console_socket = match terminal {
             true => Some(ConsoleSocket::new().map_err(tty_err)?),
             false => None,
         };
-        let mut builder = ContainerBuilder::new(id.clone(), SyscallType::Linux)
-            .with_executor(executor)
-            .with_root_path(&config.state_root)
-            .map_err(lc("state root"))?
-            .with_console_socket(console_socket.as_ref().map(|s| s.path()));
-        if !terminal {
-            let owner = LogOwner { id: id.clone(), namespace: config.namespace.clone() };
-            let stdio = config.stdio.open_for(&owner)?;
-            builder = builder.with_stdin(stdio.stdin).with_stdout(stdio.stdout).with_stderr(stdio.stderr);
-        }
-        let clone_guard = crate::fork_guard::for_clone();
-        let mut inner = builder
-            .as_init(&config.bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .build()
-            .map_err(lc("create"))?;
-        drop(clone_guard);
-        drop(oom_write);
+        let stdio = match terminal {
+            true => None,
+            false => {
+                let owner = LogOwner { id: id.clone(), namespace: config.namespace.clone() };
+                Some(push_stdio(&mut fds, config.stdio.open_for(&owner)?))
+            }
+        };
+        let process = JobProcess {
+            workload,
+            compiled,
+            memory_limit: if is_wasm { wasm_memory.get() } else { None },
+            console_socket: console_socket.as_ref().map(|s| s.path().to_path_buf()),
+            stdio,
+        };
+        let job = CloneJob::Create {
+            id: id.clone(),
+            bundle: config.bundle.clone(),
+            state_root: config.state_root.clone(),
+            process,
+            http_port,
+            oom_notify,
+        };
+        job.run_cleanly(fds).map_err(|message| ContainerError::Job { id: id.clone(), action: "create", message })?;
+        let mut container = Self::load(&config.state_root, &id)?;
         let console = match console_socket {
             Some(socket) => match socket.receive_master().and_then(|m| Console::start(m, &config.stdio, &id)) {
                 Ok(console) => Some(console),
                 Err(e) => {
-                    let _ = inner.delete(true);
+                    let _ = container.inner.delete(true);
                     return Err(tty_err(e));
                 }
             },
             None => None,
         };
-        let oom_events = workload.kind.is_wasm().then_some(oom_read);
-        Ok(Self {
-            id,
-            inner,
-            state_root: config.state_root.clone(),
-            rootfs: config.rootfs.clone(),
-            annotations,
-            oom_events,
-            console,
-            namespace: config.namespace.clone(),
-            wasm_memory,
-            held_fifos: HeldFifos::default(),
-        })
-    }
-
-    /// A container the spawner created, loaded from its state, with the
-    /// read end of its guest's out-of-memory pipe.
-    pub(crate) fn adopt(config: &ContainerConfig, oom_events: Option<OwnedFd>, view: SpecView) -> Result<Self, ContainerError> {
-        let mut container = Self::load(&config.state_root, &config.id)?;
         container.rootfs = config.rootfs.clone();
-        container.annotations = view.annotations;
+        container.annotations = annotations;
         container.oom_events = oom_events;
+        container.console = console;
         container.namespace = config.namespace.clone();
-        container.wasm_memory = view.wasm_memory;
+        container.wasm_memory = wasm_memory;
         Ok(container)
     }
 
@@ -276,12 +258,6 @@ impl HybridContainer {
             wasm_memory: WasmMemoryLimit::default(),
             held_fifos: HeldFifos::default(),
         })
-    }
-
-    /// Take the pipe on which the wasm guest reports running out of memory
-    /// (the spawner's creator hands it to the shim).
-    pub(crate) fn take_oom_events(&mut self) -> Option<std::fs::File> {
-        self.oom_events.take().map(std::fs::File::from)
     }
 
     /// Whether the wasm guest said it ran out of memory: a byte it writes
@@ -458,4 +434,11 @@ impl HybridContainer {
         };
         Ok((stats, version))
     }
+}
+
+/// Add the opened stdio to a job's descriptors; their indices.
+pub(crate) fn push_stdio(fds: &mut Vec<OwnedFd>, stdio: crate::stdio::Stdio) -> [usize; 3] {
+    let first = fds.len();
+    fds.extend([OwnedFd::from(stdio.stdin), OwnedFd::from(stdio.stdout), OwnedFd::from(stdio.stderr)]);
+    [first, first + 1, first + 2]
 }

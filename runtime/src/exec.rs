@@ -4,13 +4,11 @@
 
 use std::path::PathBuf;
 
-use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::Process;
 
+use crate::clone_job::{CloneJob, JobDone, JobProcess};
 use crate::compile_cache::CompileCache;
-use crate::container::{ContainerError, HybridContainer};
-use crate::executor::HybridExecutor;
+use crate::container::{push_stdio, ContainerError, HybridContainer};
 use crate::stdio::{HeldFifos, StdioPaths};
 use crate::tty::{Console, ConsoleSocket};
 use crate::wasm;
@@ -21,7 +19,7 @@ pub struct PreparedExec {
     pub exec_id: String,
     pub workload: Workload,
     process_file: PathBuf,
-    precompiled: Option<crate::wasm::PrecompiledEntry>,
+    compiled: Option<crate::wasm::CompiledEntry>,
     stdio: StdioPaths,
     terminal: bool,
     /// Read ends of the process's output fifos (see HeldFifos), held while
@@ -53,9 +51,9 @@ impl HybridContainer {
         let args = process.args().clone().unwrap_or_default();
         let env = process.env().clone().unwrap_or_default();
         let workload = decide_process(&args, &env, process.cwd(), self.annotations(), self.rootfs())?;
-        let precompiled = if workload.kind.is_wasm() {
+        let compiled = if workload.kind.is_wasm() {
             let module = read_entrypoint(self.rootfs(), &workload)?;
-            wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?.0.open()
+            Some(wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?.0)
         } else {
             None
         };
@@ -64,7 +62,7 @@ impl HybridContainer {
         let process_file = self.state_dir().join(format!("exec-{exec_id}.json"));
         std::fs::write(&process_file, process_json).map_err(|e| exec_err(format!("cannot write {process_file:?}: {e}")))?;
         let held_fifos = stdio.hold_output_fifos();
-        Ok(PreparedExec { exec_id: exec_id.to_string(), workload, process_file, precompiled, stdio, terminal, _held_fifos: held_fifos })
+        Ok(PreparedExec { exec_id: exec_id.to_string(), workload, process_file, compiled, stdio, terminal, _held_fifos: held_fifos })
     }
 
     /// Start a prepared exec.
@@ -73,24 +71,34 @@ impl HybridContainer {
         // wait now, and keep it from coming back until it has joined.
         let _join_window = crate::cgroup_join::JoinWindow::for_request();
         let id = self.id().to_string();
-        let lc = |source| ContainerError::Libcontainer { id: id.clone(), action: "exec", source };
         let tty_err = |source| ContainerError::Tty { id: id.clone(), source };
         let console_socket = match exec.terminal {
             true => Some(ConsoleSocket::new().map_err(tty_err)?),
             false => None,
         };
-        let mut builder = ContainerBuilder::new(id.clone(), SyscallType::Linux)
-            .with_executor(HybridExecutor::new(exec.workload.clone(), exec.precompiled.clone()).with_memory_limit(if exec.workload.kind.is_wasm() { self.wasm_memory_limit() } else { None }))
-            .with_root_path(self.state_root())
-            .map_err(lc)?
-            .with_console_socket(console_socket.as_ref().map(|s| s.path()));
-        if !exec.terminal {
-            let stdio = exec.stdio.open_for(&self.log_owner())?;
-            builder = builder.with_stdin(stdio.stdin).with_stdout(stdio.stdout).with_stderr(stdio.stderr);
-        }
-        let clone_guard = crate::fork_guard::for_clone();
-        let pid = builder.as_tenant().with_process(Some(&exec.process_file)).with_detach(true).build().map_err(lc)?;
-        drop(clone_guard);
+        let mut fds = Vec::new();
+        let stdio = match exec.terminal {
+            true => None,
+            false => Some(push_stdio(&mut fds, exec.stdio.open_for(&self.log_owner())?)),
+        };
+        let is_wasm = exec.workload.kind.is_wasm();
+        let job = CloneJob::Exec {
+            id: id.clone(),
+            state_root: self.state_root().to_path_buf(),
+            process_file: exec.process_file.clone(),
+            process: JobProcess {
+                workload: exec.workload.clone(),
+                compiled: exec.compiled.clone(),
+                memory_limit: if is_wasm { self.wasm_memory_limit() } else { None },
+                console_socket: console_socket.as_ref().map(|s| s.path().to_path_buf()),
+                stdio,
+            },
+        };
+        let job_err = |message| ContainerError::Job { id: id.clone(), action: "exec", message };
+        let pid = match job.run_cleanly(fds).map_err(job_err)? {
+            JobDone::Started(pid) => nix::unistd::Pid::from_raw(pid),
+            JobDone::Created => return Err(job_err("the exec's job answered for a create".to_string())),
+        };
         let console = match console_socket {
             // The process runs already; if its terminal cannot be had, it is
             // killed rather than left without stdio.

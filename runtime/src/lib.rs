@@ -6,6 +6,7 @@
 //! [`executor::HybridExecutor`]. Nothing here knows protobuf or containerd.
 
 pub mod cgroup_join;
+mod clone_job;
 pub mod cgroup_mount;
 pub mod compile_cache;
 pub mod container;

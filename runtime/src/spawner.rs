@@ -1,22 +1,20 @@
-//! Wasm containers made by a process that stays as it started.
+//! Containers made by a process that stays as it started.
 //!
-//! A wasm container's process never execs: it is a clone of the process
-//! that created it, sharing that process's pages copy-on-write. Cloned from
-//! the shim, it would keep, as private copies, every page the busy shim
-//! writes afterwards (its heap, the stacks of its ttrpc threads): hundreds
-//! of KiB per idle container. So the shim forks a *spawner* first thing,
-//! while it is small and single-threaded. The spawner makes the shared wasm
-//! engine and then only waits: for each container it forks a short-lived
-//! creator, which makes the container as the shim would (libcontainer's
-//! clones included; the module already compiled by the shim), sends back
-//! the guest's out-of-memory
-//! pipe, and exits. The container's init process is then adopted by the
-//! shim, a child subreaper, and the shim loads the container from its
-//! state as if it had made it.
+//! The shim forks a *spawner* first thing, while it is small and
+//! single-threaded. The spawner makes the shared wasm engine and then only
+//! waits: for each job (clone_job.rs: a container's create, an exec's
+//! start) it forks a short-lived creator, which runs libcontainer's part
+//! with the descriptors the shim sent, answers, and exits. The container's
+//! processes are then adopted by the shim, a child subreaper, which loads
+//! the container from its state as if it had made it.
 //!
-//! Terminals and `binary://` log drivers keep state in the creating process
-//! (a console's copy threads, the logger's process), so those containers,
-//! and native ones, are still made in the shim.
+//! Two things come of it. libcontainer's raw clones are taken from a
+//! process that never had a second thread, so no lock of a missing thread
+//! is held in them (see clone_job.rs). And a wasm container's process,
+//! which never execs, shares its pages copy-on-write with the small
+//! spawner instead of with the busy shim, whose later writes to its heap
+//! and its threads' stacks would each leave a private copy in every idle
+//! container.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -29,41 +27,27 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 use nix::unistd::{fork, ForkResult};
-use serde::{Deserialize, Serialize};
 
-use crate::container::{ContainerConfig, ContainerError, HybridContainer, SpecView};
-use crate::wasm::CompiledEntry;
-use crate::workload::Workload;
+use crate::clone_job::{CloneJob, JobDone};
 
-/// A request is a container's config: well under this.
+/// A job is a container's ids, paths and workload: well under this.
 const MAX_MESSAGE: usize = 256 * 1024;
-/// How long the shim waits for a creator's answer: a create that takes
+/// The most descriptors a job comes with (stdio and the oom pipe).
+const MAX_FDS: usize = 8;
+/// How long the shim waits for a creator's answer: a job that takes
 /// longer is stuck (libcontainer's own waits are shorter).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The shim's end of the socket to its spawner.
 static SPAWNER: OnceLock<Mutex<OwnedFd>> = OnceLock::new();
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Request {
-    config: ContainerConfig,
-    workload: Workload,
-    image_port: Option<u16>,
-    /// The module's compile cache entry, checked by the shim.
-    compiled: Option<CompiledEntry>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-enum Answer {
-    /// Created; the out-of-memory pipe's read end comes with it.
-    Created,
-    Failed(String),
-}
+/// What a creator answers.
+type Answer = Result<JobDone, String>;
 
 /// Fork the spawner. Call first thing in `main`, while the process is
 /// single-threaded, and only in the process that will serve containers.
-/// The calling process becomes a child subreaper: the init processes of
-/// the spawner's containers are reparented to it when their creator exits.
+/// The calling process becomes a child subreaper: the processes the
+/// spawner's creators leave are reparented to it when their creator exits.
 pub fn start() -> std::io::Result<()> {
     // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag; no memory is
     // passed. Set before the fork: only processes forked after it are
@@ -93,37 +77,27 @@ pub(crate) fn available() -> bool {
     SPAWNER.get().is_some()
 }
 
-/// Create the container of `config` through the spawner, then load it here.
-/// `compiled` is the module's compile cache entry, checked by the caller;
-/// `view` what the caller read of the spec.
-pub(crate) fn create(
-    config: &ContainerConfig,
-    workload: &Workload,
-    image_port: Option<u16>,
-    compiled: Option<CompiledEntry>,
-    view: SpecView,
-) -> Result<HybridContainer, ContainerError> {
-    let spawner_err = |message: String| ContainerError::Spawner { id: config.id.clone(), message };
-    let socket = SPAWNER.get().ok_or_else(|| spawner_err("no spawner".to_string()))?;
-    let request = Request { config: config.clone(), workload: workload.clone(), image_port, compiled };
-    let bytes = serde_json::to_vec(&request).map_err(|e| spawner_err(e.to_string()))?;
-    // One create at a time: a request and its answer share the socket.
+/// Run `job` in a creator of the spawner, with `fds` (the descriptors
+/// its indices name), and return its answer.
+pub(crate) fn run(job: &CloneJob, fds: &[OwnedFd]) -> Answer {
+    let socket = SPAWNER.get().ok_or_else(|| "no spawner".to_string())?;
+    let bytes = serde_json::to_vec(job).map_err(|e| format!("cannot encode the job: {e}"))?;
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &rights };
+    // One job at a time: a job and its answer share the socket.
     let socket = socket.lock().unwrap_or_else(|p| p.into_inner());
-    sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&bytes)], &[], MsgFlags::empty(), None)
-        .map_err(|e| spawner_err(format!("cannot send the request: {e}")))?;
-    let (answer, fds) = receive(socket.as_raw_fd()).map_err(|e| spawner_err(format!("no answer: {e}")))?;
+    sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&bytes)], cmsgs, MsgFlags::empty(), None)
+        .map_err(|e| format!("cannot send the job to the spawner: {e}"))?;
+    let (answer, _) = receive(socket.as_raw_fd()).map_err(|e| format!("no answer from the spawner: {e}"))?;
     drop(socket);
-    match serde_json::from_slice::<Answer>(&answer) {
-        Ok(Answer::Created) => HybridContainer::adopt(config, fds.into_iter().next(), view),
-        Ok(Answer::Failed(message)) => Err(spawner_err(message)),
-        Err(e) => Err(spawner_err(format!("bad answer: {e}"))),
-    }
+    serde_json::from_slice::<Answer>(&answer).map_err(|e| format!("bad answer from the spawner: {e}"))?
 }
 
 /// One message and the descriptors that came with it.
 fn receive(fd: RawFd) -> nix::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut space = nix::cmsg_space!([RawFd; 2]);
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let mut iov = [IoSliceMut::new(&mut buf)];
     let msg = recvmsg::<UnixAddr>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
     let len = msg.bytes;
@@ -157,31 +131,34 @@ fn serve(socket: OwnedFd) -> ! {
         tracing::warn!("spawner: {e}");
     }
     loop {
-        let request = match receive(socket.as_raw_fd()) {
-            Ok((bytes, _)) => bytes,
+        let (job, fds) = match receive(socket.as_raw_fd()) {
+            Ok(received) => received,
             // The shim is gone (EOF) or the socket is broken: nothing to serve.
             Err(_) => exit_now(0),
         };
         // SAFETY: the spawner is single-threaded.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
-                let (answer, oom) = create_for_shim(&request);
+                let answer: Answer = match serde_json::from_slice::<CloneJob>(&job) {
+                    Ok(job) => job.run(fds),
+                    Err(e) => Err(format!("bad job: {e}")),
+                };
                 let bytes = serde_json::to_vec(&answer).unwrap_or_default();
-                let fds: Vec<RawFd> = oom.iter().map(AsRawFd::as_raw_fd).collect();
-                let rights = [ControlMessage::ScmRights(&fds)];
-                let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-                let sent = sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&bytes)], cmsgs, MsgFlags::empty(), None);
+                let sent = sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&bytes)], &[], MsgFlags::empty(), None);
                 // The container lives on; nothing of this process is needed
                 // (no destructor may delete what was just made).
                 exit_now(if sent.is_ok() { 0 } else { 1 })
             }
             Ok(ForkResult::Parent { child }) => {
-                // The creator is quick; its init process is not its child
-                // for long (it is reparented to the shim when this exits).
+                // The job's descriptors are the creator's now.
+                drop(fds);
+                // The creator is quick; the processes it leaves are not its
+                // children for long (they go to the shim when it exits).
                 let _ = nix::sys::wait::waitpid(child, None);
             }
             Err(e) => {
-                let answer = serde_json::to_vec(&Answer::Failed(format!("spawner cannot fork: {e}"))).unwrap_or_default();
+                drop(fds);
+                let answer = serde_json::to_vec(&Answer::Err(format!("spawner cannot fork: {e}"))).unwrap_or_default();
                 let _ = sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&answer)], &[], MsgFlags::empty(), None);
             }
         }
@@ -198,19 +175,6 @@ fn detach_descriptors(keep: RawFd) {
         // the shim's, inherited by the fork); a stale number (the closed
         // read_dir handle) fails with EBADF.
         unsafe { libc::close(fd) };
-    }
-}
-
-/// In the creator: make the container; the answer and the OOM pipe.
-fn create_for_shim(request: &[u8]) -> (Answer, Option<OwnedFd>) {
-    let request: Request = match serde_json::from_slice(request) {
-        Ok(request) => request,
-        Err(e) => return (Answer::Failed(format!("bad request: {e}")), None),
-    };
-    let view = SpecView::load(&request.config.bundle);
-    match HybridContainer::make(&request.config, request.workload, request.image_port, request.compiled, view) {
-        Ok(mut container) => (Answer::Created, container.take_oom_events().map(OwnedFd::from)),
-        Err(e) => (Answer::Failed(e.to_string()), None),
     }
 }
 

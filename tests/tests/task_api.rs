@@ -35,12 +35,18 @@ impl<'a> Running<'a> {
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        let _ = self.env.ctr_out(&["task", "resume", &self.id]);
-        let _ = self.env.ctr_out(&["task", "kill", "-a", "-s", "SIGKILL", &self.id]);
+        // Bounded: a test that failed on a stuck shim must still end.
+        let _ = ctr_within(self.env, &["task", "resume", &self.id]);
+        let _ = ctr_within(self.env, &["task", "kill", "-a", "-s", "SIGKILL", &self.id]);
         self.env.wait_for_status(&self.id, "STOPPED", Duration::from_secs(10));
-        let _ = self.env.ctr_out(&["task", "rm", &self.id]);
-        let _ = self.env.ctr_out(&["container", "rm", &self.id]);
+        let _ = ctr_within(self.env, &["task", "rm", &self.id]);
+        let _ = ctr_within(self.env, &["container", "rm", &self.id]);
     }
+}
+
+/// `ctr` with a deadline on its calls (ctr's own `--timeout`).
+fn ctr_within(env: &Env, args: &[&str]) -> Ran {
+    env.ctr_out(&[&["--timeout", "30s"][..], args].concat())
 }
 
 #[test]
@@ -53,6 +59,39 @@ fn exec_into_a_native_container_gives_output_and_exit_code() {
     // The exec joined the container's pid namespace: its pid there is small.
     let pid: u32 = ran.stdout.split("pid=").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|p| p.parse().ok()).expect("pid");
     assert!(pid < 100, "exec runs in the container's pid namespace, got pid {pid}");
+}
+
+/// Execs made while other requests keep the shim's threads busy. The
+/// container's processes are cloned by libcontainer with the raw system
+/// call: from the shim itself, a clone taken while another thread held
+/// malloc's lock hung in its first allocation (about one exec in 170 here,
+/// with `ctr task ps` in three loops beside). They are cloned from a forked,
+/// single-threaded copy of the shim now.
+#[test]
+fn execs_into_a_busy_shim_all_complete() {
+    let env = env();
+    let task = Running::start(env, &image("busybox"), &["sleep", "600"]);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let failed: Option<String> = std::thread::scope(|scope| {
+        for _ in 0..3 {
+            scope.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = ctr_within(env, &["task", "ps", &task.id]);
+                }
+            });
+        }
+        // Up to the first failure: once a clone hangs, it holds the
+        // container's state and every later call would wait out its deadline.
+        let failed = (0..200).find_map(|i| {
+            let ran = ctr_within(env, &["task", "exec", "--exec-id", &format!("busy{i}"), &task.id, "true"]);
+            (ran.code != 0).then(|| format!("exec {i} of 200: {ran:?}"))
+        });
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        failed
+    });
+    if let Some(failed) = failed {
+        panic!("an exec failed or hung: {failed}");
+    }
 }
 
 /// An image with a sleeping module as init and a quick one to exec.

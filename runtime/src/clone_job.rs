@@ -1,0 +1,139 @@
+//! libcontainer's create and exec, as jobs for a process where its clones
+//! are safe.
+//!
+//! libcontainer clones the calling process with the raw system call for a
+//! container's intermediate and init processes (an exec's too), and those
+//! run Rust code up to their exec, or to their exit. A raw clone copies one
+//! thread and none of the locks the other threads held: glibc's malloc
+//! arena, Rust's own registry of thread stacks (taken by every thread that
+//! starts or ends, and by `std::process::exit` in libcontainer's clones).
+//! Cloned from the shim, whose ttrpc workers come and go under load, a copy
+//! now and then hung on one of them (about one exec in 170 with `ctr task
+//! ps` in loops beside). So the shim prepares everything that needs its own
+//! state (stdio, the terminal's socket, the out-of-memory pipe) and hands
+//! libcontainer's part to the spawner (spawner.rs), forked before the shim
+//! had a second thread, as a [`CloneJob`] with its descriptors.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use serde::{Deserialize, Serialize};
+
+use crate::executor::HybridExecutor;
+use crate::wasm::CompiledEntry;
+use crate::workload::Workload;
+
+/// What runs in the container's new process, and where its descriptors
+/// are among those sent with the job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct JobProcess {
+    pub workload: Workload,
+    /// The module's compile cache entry, checked by the shim; opened by the
+    /// process that clones, so the container loads machine code only.
+    pub compiled: Option<CompiledEntry>,
+    /// The wasm guest's memory bound, worked out by the shim.
+    pub memory_limit: Option<i64>,
+    /// Where the terminal's master goes (the shim listens there).
+    pub console_socket: Option<PathBuf>,
+    /// Indices of stdin, stdout and stderr among the job's descriptors;
+    /// None with a terminal.
+    pub stdio: Option<[usize; 3]>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum CloneJob {
+    /// Create a container whose init process waits for start.
+    Create {
+        id: String,
+        bundle: PathBuf,
+        state_root: PathBuf,
+        process: JobProcess,
+        /// Where a wasi:http component listens.
+        http_port: u16,
+        /// Index of the out-of-memory pipe's write end, for a wasm init.
+        oom_notify: Option<usize>,
+    },
+    /// Start an exec in a running container.
+    Exec { id: String, state_root: PathBuf, process_file: PathBuf, process: JobProcess },
+}
+
+/// What a job made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum JobDone {
+    /// The container exists (its state is in the state root).
+    Created,
+    /// The exec runs with this pid.
+    Started(i32),
+}
+
+impl CloneJob {
+    /// Run the job in this process, which must have a single thread; `fds`
+    /// are the descriptors its indices name. The processes it leaves (an
+    /// init, an exec) are this process's children until it exits.
+    pub(crate) fn run(self, fds: Vec<OwnedFd>) -> Result<JobDone, String> {
+        let fd = |index: usize| fds.get(index).map(AsRawFd::as_raw_fd).ok_or_else(|| format!("descriptor {index} was not sent"));
+        match self {
+            CloneJob::Create { id, bundle, state_root, process, http_port, oom_notify } => {
+                let mut executor = process.executor().with_http_port(http_port);
+                if let Some(index) = oom_notify {
+                    executor = executor.with_oom_notify(fd(index)?);
+                }
+                let builder = process.builder(&id, &state_root, executor, &fds)?;
+                builder.as_init(&bundle).with_systemd(false).with_detach(true).build().map_err(|e| e.to_string())?;
+                Ok(JobDone::Created)
+            }
+            CloneJob::Exec { id, state_root, process_file, process } => {
+                let executor = process.executor();
+                let builder = process.builder(&id, &state_root, executor, &fds)?;
+                let pid = builder.as_tenant().with_process(Some(&process_file)).with_detach(true).build().map_err(|e| e.to_string())?;
+                Ok(JobDone::Started(pid.as_raw()))
+            }
+        }
+    }
+
+    /// Run the job where libcontainer's clones are safe: in the spawner,
+    /// or, in a process without one (the `hybrid` command, a shim run with
+    /// HYBRID_SPAWNER=off), in a forked copy of this process.
+    pub(crate) fn run_cleanly(self, fds: Vec<OwnedFd>) -> Result<JobDone, String> {
+        if crate::spawner::available() {
+            crate::spawner::run(&self, &fds)
+        } else {
+            crate::fork_guard::in_forked_copy(move || self.run(fds))
+        }
+    }
+}
+
+impl JobProcess {
+    fn executor(&self) -> HybridExecutor {
+        let precompiled = self.compiled.as_ref().and_then(CompiledEntry::open);
+        let executor = HybridExecutor::new(self.workload.clone(), precompiled);
+        match self.workload.kind.is_wasm() {
+            true => executor.with_memory_limit(self.memory_limit),
+            false => executor,
+        }
+    }
+
+    fn builder(
+        &self,
+        id: &str,
+        state_root: &std::path::Path,
+        executor: HybridExecutor,
+        fds: &[OwnedFd],
+    ) -> Result<ContainerBuilder, String> {
+        let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+            .with_executor(executor)
+            .with_root_path(state_root)
+            .map_err(|e| e.to_string())?
+            .with_console_socket(self.console_socket.clone());
+        if let Some([stdin, stdout, stderr]) = self.stdio {
+            let dup = |index: usize| -> Result<OwnedFd, String> {
+                let fd = fds.get(index).ok_or_else(|| format!("descriptor {index} was not sent"))?;
+                fd.try_clone().map_err(|e| format!("cannot duplicate descriptor {index}: {e}"))
+            };
+            builder = builder.with_stdin(dup(stdin)?).with_stdout(dup(stdout)?).with_stderr(dup(stderr)?);
+        }
+        Ok(builder)
+    }
+}
