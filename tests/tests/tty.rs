@@ -20,10 +20,18 @@ fn ctr_on_terminal(env: &Env, args: &str, input: &str, cols: u16, rows: u16) -> 
         .spawn()
         .expect("script (util-linux) runs ctr on a terminal");
     let mut stdout = child.stdout.take().expect("stdout");
+    // What the terminal showed so far, kept as it comes: a ctr stuck after
+    // `script` is killed keeps the pipe open, and a join would never end.
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let so_far = {
+        let shown = shown.clone();
+        move || String::from_utf8_lossy(&shown.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    };
     let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = stdout.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut chunk) {
+            shown.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&chunk[..n]);
+        }
     });
     let mut stdin = child.stdin.take().expect("stdin");
     // Let the shell start before typing, as a person would.
@@ -36,12 +44,13 @@ fn ctr_on_terminal(env: &Env, args: &str, input: &str, cols: u16, rows: u16) -> 
         }
         if started.elapsed() > Duration::from_secs(60) {
             let _ = child.kill();
-            panic!("ctr {args} did not end within 60 s; output so far: {}", reader.join().unwrap_or_default());
+            panic!("ctr {args} did not end within 60 s; output so far: {}", so_far());
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     drop(stdin);
-    (status.code().unwrap_or(-1), reader.join().expect("reader"))
+    let _ = reader.join();
+    (status.code().unwrap_or(-1), so_far())
 }
 
 #[test]
