@@ -95,13 +95,16 @@ impl CloneJob {
 
     /// Run the job where libcontainer's clones are safe: in the spawner,
     /// or, in a process without one (the `hybrid` command, a shim run with
-    /// HYBRID_SPAWNER=off), in a forked copy of this process.
+    /// HYBRID_SPAWNER=off) or whose spawner is gone (killed), in a forked
+    /// copy of this process.
     pub(crate) fn run_cleanly(self, fds: Vec<OwnedFd>) -> Result<JobDone, String> {
         if crate::spawner::available() {
-            crate::spawner::run(&self, &fds)
-        } else {
-            crate::fork_guard::in_forked_copy(move || self.run(fds))
+            match crate::spawner::run(&self, &fds) {
+                Ok(answer) => return answer,
+                Err(e) => tracing::warn!("{e}: the job runs in a forked copy of this process"),
+            }
         }
+        crate::fork_guard::in_forked_copy(move || self.run(fds))
     }
 }
 

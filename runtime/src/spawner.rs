@@ -78,8 +78,9 @@ pub(crate) fn available() -> bool {
 }
 
 /// Run `job` in a creator of the spawner, with `fds` (the descriptors
-/// its indices name), and return its answer.
-pub(crate) fn run(job: &CloneJob, fds: &[OwnedFd]) -> Answer {
+/// its indices name), and return its answer; or say why the job could not
+/// be sent (then nothing of it ran: the caller may run it elsewhere).
+pub(crate) fn run(job: &CloneJob, fds: &[OwnedFd]) -> Result<Answer, String> {
     let socket = SPAWNER.get().ok_or_else(|| "no spawner".to_string())?;
     let bytes = serde_json::to_vec(job).map_err(|e| format!("cannot encode the job: {e}"))?;
     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
@@ -87,11 +88,13 @@ pub(crate) fn run(job: &CloneJob, fds: &[OwnedFd]) -> Answer {
     let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &rights };
     // One job at a time: a job and its answer share the socket.
     let socket = socket.lock().unwrap_or_else(|p| p.into_inner());
-    sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&bytes)], cmsgs, MsgFlags::empty(), None)
+    sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&bytes)], cmsgs, MsgFlags::MSG_NOSIGNAL, None)
         .map_err(|e| format!("cannot send the job to the spawner: {e}"))?;
-    let (answer, _) = receive(socket.as_raw_fd()).map_err(|e| format!("no answer from the spawner: {e}"))?;
+    let answer = receive(socket.as_raw_fd()).map_err(|e| format!("no answer from the spawner: {e}"));
     drop(socket);
-    serde_json::from_slice::<Answer>(&answer).map_err(|e| format!("bad answer from the spawner: {e}"))?
+    Ok(answer.and_then(|(answer, _)| {
+        serde_json::from_slice::<Answer>(&answer).map_err(|e| format!("bad answer from the spawner: {e}"))?
+    }))
 }
 
 /// One message and the descriptors that came with it.

@@ -84,6 +84,33 @@ fn a_group_is_served_by_one_shim_until_its_last_container_is_deleted() {
     assert!(shims_on(&socket).is_empty(), "nothing listens on {socket} any more");
 }
 
+/// The shim's spawner clones every container and exec (clone_job.rs); if
+/// it is killed, the shim clones from a forked copy of itself instead of
+/// failing every later Create and Exec of the group.
+#[test]
+fn a_group_whose_spawner_was_killed_still_creates_and_execs() {
+    let env = env();
+    let group = unique_id("nospawner");
+    let (first, native, wasm) = (unique_id("ns-first"), unique_id("ns-native"), unique_id("ns-wasm"));
+    run_detached(env, &first, &image("busybox"), Some(&group), &["sleep", "60"]);
+    let socket = shim_address(env, &first).trim_start_matches("unix://").to_string();
+    let spawners = spawners_on(&socket);
+    assert_eq!(spawners.len(), 1, "one spawner for the group's shim");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawners[0]), nix::sys::signal::Signal::SIGKILL).expect("kill spawner");
+    assert!(wait_until(Duration::from_secs(5), || !is_running(spawners[0])), "the spawner is gone");
+
+    run_detached(env, &native, &image("busybox"), Some(&group), &["sleep", "60"]);
+    run_detached(env, &wasm, &image("sleep-wat"), Some(&group), &[]);
+    let exec = env.ctr_out(&["task", "exec", "--exec-id", "after", &first, "sh", "-c", "echo exec-ran"]);
+    assert_eq!(exec.code, 0, "{exec:?}");
+    assert!(exec.stdout.contains("exec-ran"), "{exec:?}");
+    assert_eq!(shims_on(&socket).len(), 1, "the same shim serves the group");
+    for id in [&first, &native, &wasm] {
+        assert_eq!(env.task_status(id).as_deref(), Some("RUNNING"), "{id}");
+        remove(env, id);
+    }
+}
+
 #[test]
 fn a_killed_shim_is_cleaned_up_by_delete() {
     let env = env();
