@@ -21,7 +21,11 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use serde::{Deserialize, Serialize};
 
+use crate::container::ContainerError;
 use crate::executor::HybridExecutor;
+use crate::logdriver::LogOwner;
+use crate::stdio::StdioPaths;
+use crate::tty::ConsoleSocket;
 use crate::wasm::CompiledEntry;
 use crate::workload::Workload;
 
@@ -109,6 +113,42 @@ impl CloneJob {
 }
 
 impl JobProcess {
+    /// The process of a job and what it needs from this process: with a
+    /// terminal, a socket to listen on for its master (libcontainer
+    /// connects to it from the creator); without, the streams of `stdio`,
+    /// opened for `owner` and added to `fds`. `memory_limit` applies to a
+    /// wasm workload only.
+    pub(crate) fn prepare(
+        workload: Workload,
+        compiled: Option<CompiledEntry>,
+        memory_limit: Option<i64>,
+        terminal: bool,
+        stdio: &StdioPaths,
+        owner: &LogOwner,
+        fds: &mut Vec<OwnedFd>,
+    ) -> Result<(Self, Option<ConsoleSocket>), ContainerError> {
+        let (console_socket, stdio) = match terminal {
+            true => {
+                let socket = ConsoleSocket::new().map_err(|source| ContainerError::Tty { id: owner.id.clone(), source })?;
+                (Some(socket), None)
+            }
+            false => {
+                let opened = stdio.open_for(owner)?;
+                let first = fds.len();
+                fds.extend([OwnedFd::from(opened.stdin), OwnedFd::from(opened.stdout), OwnedFd::from(opened.stderr)]);
+                (None, Some([first, first + 1, first + 2]))
+            }
+        };
+        let process = JobProcess {
+            workload,
+            compiled,
+            memory_limit,
+            console_socket: console_socket.as_ref().map(|s| s.path().to_path_buf()),
+            stdio,
+        };
+        Ok((process, console_socket))
+    }
+
     fn executor(&self) -> HybridExecutor {
         let precompiled = self.compiled.as_ref().and_then(CompiledEntry::open);
         let executor = HybridExecutor::new(self.workload.clone(), precompiled);

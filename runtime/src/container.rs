@@ -18,7 +18,7 @@ use crate::workload::read_entrypoint;
 use crate::stdio::{HeldFifos, StdioError, StdioPaths};
 use crate::limits::WasmMemoryLimit;
 use crate::logdriver::LogOwner;
-use crate::tty::{Console, ConsoleSocket};
+use crate::tty::Console;
 use crate::workload::Workload;
 
 #[derive(Debug, thiserror::Error)]
@@ -191,25 +191,9 @@ impl HybridContainer {
             false => None,
         };
         let oom_notify = is_wasm.then_some(0);
-        let tty_err = |source| ContainerError::Tty { id: id.clone(), source };
-        let console_socket = match terminal {
-            true => Some(ConsoleSocket::new().map_err(tty_err)?),
-            false => None,
-        };
-        let stdio = match terminal {
-            true => None,
-            false => {
-                let owner = LogOwner { id: id.clone(), namespace: config.namespace.clone() };
-                Some(push_stdio(&mut fds, config.stdio.open_for(&owner)?))
-            }
-        };
-        let process = JobProcess {
-            workload,
-            compiled,
-            memory_limit: if is_wasm { wasm_memory.get() } else { None },
-            console_socket: console_socket.as_ref().map(|s| s.path().to_path_buf()),
-            stdio,
-        };
+        let owner = LogOwner { id: id.clone(), namespace: config.namespace.clone() };
+        let (process, console_socket) =
+            JobProcess::prepare(workload, compiled, wasm_memory.get(), terminal, &config.stdio, &owner, &mut fds)?;
         let job = CloneJob::Create {
             id: id.clone(),
             bundle: config.bundle.clone(),
@@ -223,9 +207,9 @@ impl HybridContainer {
         let console = match console_socket {
             Some(socket) => match socket.receive_master().and_then(|m| Console::start(m, &config.stdio, &id)) {
                 Ok(console) => Some(console),
-                Err(e) => {
+                Err(source) => {
                     let _ = container.inner.delete(true);
-                    return Err(tty_err(e));
+                    return Err(ContainerError::Tty { id, source });
                 }
             },
             None => None,
@@ -434,11 +418,4 @@ impl HybridContainer {
         };
         Ok((stats, version))
     }
-}
-
-/// Add the opened stdio to a job's descriptors; their indices.
-pub(crate) fn push_stdio(fds: &mut Vec<OwnedFd>, stdio: crate::stdio::Stdio) -> [usize; 3] {
-    let first = fds.len();
-    fds.extend([OwnedFd::from(stdio.stdin), OwnedFd::from(stdio.stdout), OwnedFd::from(stdio.stderr)]);
-    [first, first + 1, first + 2]
 }

@@ -8,9 +8,9 @@ use oci_spec::runtime::Process;
 
 use crate::clone_job::{CloneJob, JobDone, JobProcess};
 use crate::compile_cache::CompileCache;
-use crate::container::{push_stdio, ContainerError, HybridContainer};
+use crate::container::{ContainerError, HybridContainer};
 use crate::stdio::{HeldFifos, StdioPaths};
-use crate::tty::{Console, ConsoleSocket};
+use crate::tty::Console;
 use crate::wasm;
 use crate::workload::{decide_process, read_entrypoint, Workload};
 
@@ -71,28 +71,21 @@ impl HybridContainer {
         // wait now, and keep it from coming back until it has joined.
         let _join_window = crate::cgroup_join::JoinWindow::for_request();
         let id = self.id().to_string();
-        let tty_err = |source| ContainerError::Tty { id: id.clone(), source };
-        let console_socket = match exec.terminal {
-            true => Some(ConsoleSocket::new().map_err(tty_err)?),
-            false => None,
-        };
         let mut fds = Vec::new();
-        let stdio = match exec.terminal {
-            true => None,
-            false => Some(push_stdio(&mut fds, exec.stdio.open_for(&self.log_owner())?)),
-        };
-        let is_wasm = exec.workload.kind.is_wasm();
+        let (process, console_socket) = JobProcess::prepare(
+            exec.workload.clone(),
+            exec.compiled.clone(),
+            self.wasm_memory_limit(),
+            exec.terminal,
+            &exec.stdio,
+            &self.log_owner(),
+            &mut fds,
+        )?;
         let job = CloneJob::Exec {
             id: id.clone(),
             state_root: self.state_root().to_path_buf(),
             process_file: exec.process_file.clone(),
-            process: JobProcess {
-                workload: exec.workload.clone(),
-                compiled: exec.compiled.clone(),
-                memory_limit: if is_wasm { self.wasm_memory_limit() } else { None },
-                console_socket: console_socket.as_ref().map(|s| s.path().to_path_buf()),
-                stdio,
-            },
+            process,
         };
         let job_err = |message| ContainerError::Job { id: id.clone(), action: "exec", message };
         let pid = match job.run_cleanly(fds).map_err(job_err)? {
@@ -104,9 +97,9 @@ impl HybridContainer {
             // killed rather than left without stdio.
             Some(socket) => match socket.receive_master().and_then(|m| Console::start(m, &exec.stdio, &id)) {
                 Ok(console) => Some(console),
-                Err(e) => {
+                Err(source) => {
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                    return Err(tty_err(e));
+                    return Err(ContainerError::Tty { id, source });
                 }
             },
             None => None,

@@ -60,7 +60,8 @@ where
 /// The processes it leaves running (a container's init, an exec) are its
 /// children until it exits, then this process's: it is a child subreaper
 /// (the shim, the `hybrid` command's one-shot runs). A process that has a
-/// single thread already (the spawner's creator) runs `work` itself.
+/// single thread already (the `hybrid` command before it starts any) runs
+/// `work` itself.
 pub(crate) fn in_forked_copy<T, F>(work: F) -> Result<T, String>
 where
     T: Serialize + DeserializeOwned,

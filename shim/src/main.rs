@@ -96,18 +96,18 @@ fn start(flags: containerd_shim::Flags) {
 /// The serving shim, until its group's last container is deleted.
 fn serve_containers(flags: &containerd_shim::Flags, listener: UnixListener) {
     // One malloc arena per process instead of one per thread (up to eight
-    // per core): a wasm container made in the shim is its clone, and every
-    // page the shim writes after that clone stays, as a private copy, in the
-    // container; one made by the spawner has a tokio worker, which would get
-    // an arena of its own. Neither allocates enough for the lock to matter.
+    // per core), for the shim's threads and, inherited through the
+    // spawner, for a wasm container's tokio worker, which would otherwise
+    // get an arena of its own. None allocates enough for the lock to matter.
     // SAFETY: mallopt only sets a malloc tunable; no memory is passed.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-    // The wasm container spawner is forked now, while this process is still
-    // single-threaded (see hybrid_runtime::spawner). HYBRID_SPAWNER=off
-    // makes every container in the shim itself.
+    // The spawner, which clones every container and exec, is forked now,
+    // while this process is still single-threaded (see
+    // hybrid_runtime::spawner). With HYBRID_SPAWNER=off they are cloned
+    // from forked copies of the shim (hybrid_runtime::fork_guard).
     if std::env::var("HYBRID_SPAWNER").as_deref() != Ok("off") {
         if let Err(e) = hybrid_runtime::spawner::start() {
-            eprintln!("{RUNTIME_ID}: no wasm spawner, containers are made in the shim: {e}");
+            eprintln!("{RUNTIME_ID}: no spawner, containers are cloned from forked copies of the shim: {e}");
         }
     }
     // Serving is our own loop (serve.rs: containerd-shim's cannot size its
