@@ -85,7 +85,18 @@ impl CloneJob {
                     executor = executor.with_oom_notify(fd(index)?);
                 }
                 let builder = process.builder(&id, &state_root, executor, &fds)?;
-                builder.as_init(&bundle).with_systemd(false).with_detach(true).build().map_err(|e| e.to_string())?;
+                let mut container =
+                    builder.as_init(&bundle).with_systemd(false).with_detach(true).build().map_err(|e| e.to_string())?;
+                // The last thing this process does: it leaves the host's
+                // mount namespace (see guest_mounts.rs). A guest that would
+                // see /proc does not run.
+                if process.workload.kind.is_wasm() {
+                    let hidden = container.pid().ok_or_else(|| "the container has no init pid".to_string());
+                    if let Err(e) = hidden.and_then(|pid| crate::guest_mounts::hide_proc(pid.as_raw())) {
+                        let _ = container.delete(true);
+                        return Err(e);
+                    }
+                }
                 Ok(JobDone::Created)
             }
             CloneJob::Exec { id, state_root, process_file, process } => {

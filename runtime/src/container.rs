@@ -47,6 +47,8 @@ pub enum ContainerError {
     Signal { id: String, signal: u32 },
     #[error(transparent)]
     CgroupMount(#[from] crate::cgroup_mount::CgroupMountError),
+    #[error(transparent)]
+    GuestMounts(#[from] crate::guest_mounts::GuestMountsError),
     #[error("container {id}: terminal: {source}")]
     Tty { id: String, source: crate::tty::TtyError },
     #[error("container {id}: cgroup: {message}")]
@@ -95,6 +97,9 @@ pub struct HybridContainer {
     wasm_memory: WasmMemoryLimit,
     /// Read ends of the init process's output fifos (see HeldFifos).
     held_fifos: HeldFifos,
+    /// The container's /proc was detached after create (a wasm init, see
+    /// guest_mounts.rs).
+    proc_hidden: bool,
 }
 
 /// What Create reads of the bundle's spec. A spec that cannot be read
@@ -167,10 +172,14 @@ impl HybridContainer {
             path: config.state_root.clone(),
             source: e,
         })?;
-        if let Some(spec) = &spec {
-            crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle, spec)?;
-        }
         let is_wasm = workload.kind.is_wasm();
+        if let Some(spec) = &spec {
+            let spec = match is_wasm {
+                true => crate::guest_mounts::narrow_bundle(&config.bundle, spec)?,
+                false => spec.clone(),
+            };
+            crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle, &spec)?;
+        }
         // A bad port annotation fails Create, not the guest's start.
         let http_port = match workload.kind {
             crate::workload::WorkloadKind::WasmComponent => crate::http::http_port(&annotations, image_port)?,
@@ -220,6 +229,7 @@ impl HybridContainer {
         container.console = console;
         container.namespace = config.namespace.clone();
         container.wasm_memory = wasm_memory;
+        container.proc_hidden = is_wasm;
         Ok(container)
     }
 
@@ -241,6 +251,7 @@ impl HybridContainer {
             namespace: String::new(),
             wasm_memory: WasmMemoryLimit::default(),
             held_fifos: HeldFifos::default(),
+            proc_hidden: false,
         })
     }
 
@@ -287,6 +298,10 @@ impl HybridContainer {
 
     pub(crate) fn annotations(&self) -> &HashMap<String, String> {
         &self.annotations
+    }
+
+    pub(crate) fn proc_hidden(&self) -> bool {
+        self.proc_hidden
     }
 
     /// Freeze every process of the container (cgroup freezer).

@@ -17,6 +17,7 @@ pub mod oneshot;
 pub mod executor;
 pub mod fds;
 pub mod fork_guard;
+pub mod guest_mounts;
 pub mod http;
 pub mod preopens;
 pub mod spawner;

@@ -259,6 +259,26 @@ fn the_guest_reads_and_writes_files_in_its_root_and_a_bind_mount() {
 }
 
 #[test]
+fn the_guest_sees_no_proc_or_sys_of_the_process_it_runs_in() {
+    // Through /proc the guest would read the wasmtime process's own maps and
+    // environment; /sys and the cgroup mount show the host.
+    let env = env();
+    let ran = run_c_probe(
+        env,
+        &["--env", "HOST_SECRET=not-for-the-guest"],
+        &["read:/proc/self/maps", "read:/proc/self/environ", "read:/proc/1/status", "read:/sys/kernel/mm", "read:/dev/null"],
+    );
+    assert_eq!(ran.code, 0, "{ran:?}");
+    for path in ["/proc/self/maps", "/proc/self/environ", "/proc/1/status", "/sys/kernel/mm"] {
+        let line = ran.stdout.lines().find(|l| l.starts_with(&format!("read {path}: "))).unwrap_or_default();
+        assert!(line.contains("No such file or directory"), "{path} reachable: {ran:?}");
+    }
+    assert!(!ran.stdout.contains("containerd-shim-hybrid-v2"), "{ran:?}");
+    // What the container mounts for files stays: /dev with its devices.
+    assert!(ran.stdout.contains("read /dev/null: \n"), "{ran:?}");
+}
+
+#[test]
 fn the_preopens_annotation_narrows_what_the_guest_reaches() {
     let env = env();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,0 +1,128 @@
+//! A wasm container shows its guest its files, not the kernel's.
+//!
+//! A wasm guest reaches the container's filesystem through its preopens,
+//! by default the whole root. Through the `proc` mount every spec carries,
+//! the guest could open `/proc/self/...` of the process it runs in, which
+//! is wasmtime's, not its own: `maps` gives away the host's address layout
+//! and `environ` the shim's environment. `/sys` shows the host's devices
+//! and the cgroup mount its cgroups. None of that serves a WASI guest.
+//!
+//! So a wasm container's spec loses the mounts libcontainer does not need
+//! (sysfs, cgroup, mqueue, with the masked and read-only paths inside
+//! them) before libcontainer reads it, which also spares the container's
+//! create their mounting. `/proc` libcontainer does need, until its init
+//! is ready: the process that made the container then enters the
+//! container's mount namespace and detaches it ([`hide_proc`]). Bind
+//! mounts, tmpfs, volumes and /dev stay where the spec puts them. A native
+//! `exec` into a wasm container sees no /proc or /sys either.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{umount2, MntFlags};
+use nix::sched::{setns, CloneFlags};
+use oci_spec::runtime::Spec;
+
+/// The mounts a wasm container goes without from the start.
+const KERNEL_FILESYSTEMS: [&str; 4] = ["sysfs", "cgroup", "cgroup2", "mqueue"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestMountsError {
+    #[error("bundle {path:?}: cannot write the wasm container's spec: {message}")]
+    Save { path: PathBuf, message: String },
+}
+
+/// The spec without the kernel's filesystems, or None when it has none.
+pub fn without_kernel_filesystems(spec: &Spec) -> Option<Spec> {
+    let mounts = spec.mounts().clone().unwrap_or_default();
+    let (dropped, kept): (Vec<_>, Vec<_>) =
+        mounts.into_iter().partition(|m| m.typ().as_deref().is_some_and(|t| KERNEL_FILESYSTEMS.contains(&t)));
+    if dropped.is_empty() {
+        return None;
+    }
+    let gone: Vec<PathBuf> = dropped.iter().map(|m| m.destination().clone()).collect();
+    // A path under a mount that is gone has nothing to mask or protect.
+    let keep = |paths: &Option<Vec<String>>| -> Option<Vec<String>> {
+        paths.as_ref().map(|p| p.iter().filter(|p| !gone.iter().any(|g| Path::new(p).starts_with(g))).cloned().collect())
+    };
+    let mut spec = spec.clone();
+    spec.set_mounts(Some(kept));
+    if let Some(mut linux) = spec.linux().clone() {
+        let masked = keep(linux.masked_paths());
+        let read_only = keep(linux.readonly_paths());
+        linux.set_masked_paths(masked).set_readonly_paths(read_only);
+        spec.set_linux(Some(linux));
+    }
+    Some(spec)
+}
+
+/// Rewrite the bundle's config.json for a wasm container (see the module
+/// comment).
+pub fn narrow_bundle(bundle: &Path, spec: &Spec) -> Result<Spec, GuestMountsError> {
+    let Some(narrowed) = without_kernel_filesystems(spec) else { return Ok(spec.clone()) };
+    let path = bundle.join("config.json");
+    narrowed.save(&path).map_err(|e| GuestMountsError::Save { path, message: e.to_string() })?;
+    Ok(narrowed)
+}
+
+/// Detach /proc (with what is mounted under it) in the mount namespace of
+/// the container whose init is `pid`, ready and waiting for start. Enters
+/// that namespace: call from a single-threaded process that has nothing
+/// left to do on the host (the creator, just before it exits).
+pub fn hide_proc(pid: i32) -> Result<(), String> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).map_err(|e| format!("cannot open the mount namespace of pid {pid}: {e}"))?;
+    setns(ns, CloneFlags::CLONE_NEWNS).map_err(|e| format!("cannot enter the mount namespace of pid {pid}: {e}"))?;
+    match umount2("/proc", MntFlags::MNT_DETACH) {
+        // EINVAL: not a mount point (a spec without /proc).
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(format!("cannot detach /proc: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{LinuxBuilder, MountBuilder, SpecBuilder};
+
+    fn mount(dest: &str, typ: &str) -> oci_spec::runtime::Mount {
+        MountBuilder::default().destination(dest).typ(typ).source(typ).build().unwrap()
+    }
+
+    fn spec() -> Spec {
+        SpecBuilder::default()
+            .mounts(vec![
+                mount("/proc", "proc"),
+                mount("/dev", "tmpfs"),
+                mount("/dev/pts", "devpts"),
+                mount("/dev/mqueue", "mqueue"),
+                mount("/sys", "sysfs"),
+                mount("/sys/fs/cgroup", "cgroup"),
+                mount("/data", "bind"),
+            ])
+            .linux(
+                LinuxBuilder::default()
+                    .masked_paths(vec!["/proc/kcore".to_string(), "/sys/firmware".to_string(), "/data/secret".to_string()])
+                    .readonly_paths(vec!["/proc/sys".to_string()])
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn sysfs_cgroup_and_mqueue_and_their_paths_are_dropped() {
+        let narrowed = without_kernel_filesystems(&spec()).expect("changed");
+        let dests: Vec<_> = narrowed.mounts().as_ref().unwrap().iter().map(|m| m.destination().clone()).collect();
+        let expected = ["/proc", "/dev", "/dev/pts", "/data"].map(PathBuf::from);
+        assert_eq!(dests, expected);
+        let linux = narrowed.linux().as_ref().unwrap();
+        assert_eq!(linux.masked_paths().as_deref(), Some(&["/proc/kcore".to_string(), "/data/secret".to_string()][..]));
+        assert_eq!(linux.readonly_paths().as_deref(), Some(&["/proc/sys".to_string()][..]));
+    }
+
+    #[test]
+    fn a_spec_without_them_is_left_alone() {
+        let spec = SpecBuilder::default().mounts(vec![mount("/proc", "proc"), mount("/data", "bind")]).build().unwrap();
+        assert!(without_kernel_filesystems(&spec).is_none());
+    }
+}
