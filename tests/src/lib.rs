@@ -210,6 +210,14 @@ impl Env {
         self.ctr().args(args).output().expect("run ctr").into()
     }
 
+    /// `ctr ARGS`, killed (SIGKILL, by coreutils `timeout`) after `limit`:
+    /// ctr's own --timeout does not end a call the shim never answers.
+    pub fn ctr_out_within(&self, limit: Duration, args: &[&str]) -> Ran {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "KILL", &limit.as_secs().max(1).to_string(), "ctr", "--address"]).arg(&self.address).args(args);
+        cmd.stdin(Stdio::null()).output().expect("run timeout ctr").into()
+    }
+
     /// `ctr run --rm --runtime RUNTIME IMAGE ID [ARGS…]`, to completion.
     pub fn run(&self, runtime: &str, image: &str, id: &str, args: &[&str]) -> Ran {
         let mut cmd = self.ctr();

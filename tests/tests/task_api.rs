@@ -47,9 +47,7 @@ impl Drop for Running<'_> {
 /// `ctr`, killed after 60 s (ctr's own `--timeout` does not end a `task
 /// exec` whose Start never answers).
 fn ctr_within(env: &Env, args: &[&str]) -> Ran {
-    let mut cmd = std::process::Command::new("timeout");
-    cmd.args(["-s", "KILL", "60", "ctr", "--address"]).arg(&env.address).args(args).stdin(std::process::Stdio::null());
-    cmd.output().expect("run timeout ctr").into()
+    env.ctr_out_within(Duration::from_secs(60), args)
 }
 
 #[test]
