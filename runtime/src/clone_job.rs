@@ -63,20 +63,12 @@ pub(crate) enum CloneJob {
     Exec { id: String, state_root: PathBuf, process_file: PathBuf, process: JobProcess },
 }
 
-/// What a job made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum JobDone {
-    /// The container exists (its state is in the state root).
-    Created,
-    /// The exec runs with this pid.
-    Started(i32),
-}
-
 impl CloneJob {
     /// Run the job in this process, which must have a single thread; `fds`
-    /// are the descriptors its indices name. The processes it leaves (an
-    /// init, an exec) are this process's children until it exits.
-    pub(crate) fn run(self, fds: Vec<OwnedFd>) -> Result<JobDone, String> {
+    /// are the descriptors its indices name. Answers the pid of the process
+    /// it made (the container's init, the exec), which is this process's
+    /// child until it exits.
+    pub(crate) fn run(self, fds: Vec<OwnedFd>) -> Result<i32, String> {
         let fd = |index: usize| fds.get(index).map(AsRawFd::as_raw_fd).ok_or_else(|| format!("descriptor {index} was not sent"));
         match self {
             CloneJob::Create { id, bundle, state_root, process, http_port, oom_notify } => {
@@ -90,20 +82,23 @@ impl CloneJob {
                 // The last thing this process does: it leaves the host's
                 // mount namespace (see guest_mounts.rs). A guest that would
                 // see /proc does not run.
+                let Some(pid) = container.pid().map(|p| p.as_raw()) else {
+                    let _ = container.delete(true);
+                    return Err("the container has no init pid".to_string());
+                };
                 if process.workload.kind.is_wasm() {
-                    let hidden = container.pid().ok_or_else(|| "the container has no init pid".to_string());
-                    if let Err(e) = hidden.and_then(|pid| crate::guest_mounts::hide_proc(pid.as_raw())) {
+                    if let Err(e) = crate::guest_mounts::hide_proc(pid) {
                         let _ = container.delete(true);
                         return Err(e);
                     }
                 }
-                Ok(JobDone::Created)
+                Ok(pid)
             }
             CloneJob::Exec { id, state_root, process_file, process } => {
                 let executor = process.executor();
                 let builder = process.builder(&id, &state_root, executor, &fds)?;
                 let pid = builder.as_tenant().with_process(Some(&process_file)).with_detach(true).build().map_err(|e| e.to_string())?;
-                Ok(JobDone::Started(pid.as_raw()))
+                Ok(pid.as_raw())
             }
         }
     }
@@ -112,7 +107,7 @@ impl CloneJob {
     /// or, in a process without one (the `hybrid` command, a shim run with
     /// HYBRID_SPAWNER=off) or whose spawner is gone (killed), in a forked
     /// copy of this process.
-    pub(crate) fn run_cleanly(self, fds: Vec<OwnedFd>) -> Result<JobDone, String> {
+    pub(crate) fn run_cleanly(self, fds: Vec<OwnedFd>) -> Result<i32, String> {
         if crate::spawner::available() {
             match crate::spawner::run(&self, &fds) {
                 Ok(answer) => return answer,

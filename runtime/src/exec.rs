@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use oci_spec::runtime::Process;
 
-use crate::clone_job::{CloneJob, JobDone, JobProcess};
+use crate::clone_job::{CloneJob, JobProcess};
 use crate::compile_cache::CompileCache;
 use crate::container::{ContainerError, HybridContainer};
 use crate::stdio::{HeldFifos, StdioPaths};
@@ -101,10 +101,7 @@ impl HybridContainer {
             process,
         };
         let job_err = |message| ContainerError::Job { id: id.clone(), action: "exec", message };
-        let pid = match job.run_cleanly(fds).map_err(job_err)? {
-            JobDone::Started(pid) => nix::unistd::Pid::from_raw(pid),
-            JobDone::Created => return Err(job_err("the exec's job answered for a create".to_string())),
-        };
+        let pid = nix::unistd::Pid::from_raw(job.run_cleanly(fds).map_err(job_err)?);
         let console = match console_socket {
             // The process runs already; if its terminal cannot be had, it is
             // killed rather than left without stdio.

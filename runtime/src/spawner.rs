@@ -28,7 +28,7 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 use nix::unistd::{fork, ForkResult};
 
-use crate::clone_job::{CloneJob, JobDone};
+use crate::clone_job::CloneJob;
 
 /// A job is a container's ids, paths and workload: well under this.
 const MAX_MESSAGE: usize = 256 * 1024;
@@ -41,8 +41,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// The shim's end of the socket to its spawner.
 static SPAWNER: OnceLock<Mutex<OwnedFd>> = OnceLock::new();
 
-/// What a creator answers.
-type Answer = Result<JobDone, String>;
+/// What a creator answers: the pid of the process its job made, or why not.
+type Answer = Result<i32, String>;
 
 /// Fork the spawner. Call first thing in `main`, while the process is
 /// single-threaded, and only in the process that will serve containers.
