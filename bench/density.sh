@@ -15,6 +15,8 @@
 # its "shims" are the shim processes and their zygotes (forks of the shim:
 # one per shim, one per container), all of which carry the shim's argv.
 #
+# Also the shims' cpu per Stats call of one idle task (`ctr task metrics`).
+#
 # Usage: bench/density.sh [N]   (default 50; root; builds if needed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,6 +83,19 @@ shim_pids() {
   done
 }
 
+# Of those, the shim processes serving task `id` (its argv names it).
+shim_pids_of() { # pattern id
+  local pid
+  for pid in $(shim_pids "$1"); do
+    if { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -q -- "-id $2 "; then echo "$pid"; fi
+  done
+}
+
+# utime + stime of processes, in clock ticks.
+cpu_ticks() { local t=0 pid; for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
+
+stats_calls=100
+
 measure() { # runtime image prefix shim-pattern group-annotation pids(ps|cgroup) args...
   local runtime=$1 image=$2 prefix=$3 pattern=$4 group=$5 how=$6; shift 6
   local total=0 pid i
@@ -97,6 +112,17 @@ measure() { # runtime image prefix shim-pattern group-annotation pids(ps|cgroup)
   done
   local shims=0 count=0
   for pid in $(shim_pids "$pattern"); do shims=$((shims + $(pss_kb "$pid"))); count=$((count + 1)); done
+  # What an idle container keeps costing: the cpu of the shim serving the
+  # first task per Stats call (`ctr task metrics`, as kubelet's stats
+  # polling asks), in ms, from its utime + stime over $stats_calls calls.
+  local serving before per_call=""
+  serving=$(shim_pids_of "$pattern" "$prefix-1")
+  before=$(cpu_ticks $serving)
+  for i in $(seq 1 "$stats_calls"); do
+    ctr_ task metrics "$prefix-1" >/dev/null 2>&1 || { per_call=n/a; break; }
+  done
+  [ -n "$per_call" ] || per_call=$(awk -v a="$before" -v b="$(cpu_ticks $serving)" -v n="$stats_calls" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN {printf "%.2f", (b - a) * 1000 / hz / n}')
   for i in $(seq 1 "$n"); do
     ctr_ task kill -a -s SIGKILL "$prefix-$i" >/dev/null 2>&1 || true
   done
@@ -107,17 +133,17 @@ measure() { # runtime image prefix shim-pattern group-annotation pids(ps|cgroup)
   done
   # Let the shims exit, so that the next run of the same shim counts only its own.
   for i in $(seq 1 20); do [ -z "$(shim_pids "$pattern")" ] && break; sleep 0.5; done
-  echo "$total $shims $count"
+  echo "$total $shims $count $per_call"
 }
 
 hgroup=io.containerd.hybrid.v2.group
-read -r hw hs hc < <(measure io.containerd.hybrid.v2 docker.io/hybrid-examples/sleep-wat:latest hy containerd-shim-hybrid-v2 $hgroup ps)
-read -r rw rs rc < <(measure io.containerd.runc.v2 docker.io/hybrid-examples/busybox:latest rc containerd-shim-runc-v2 $hgroup ps sleep 3600)
+read -r hw hs hc hcpu < <(measure io.containerd.hybrid.v2 docker.io/hybrid-examples/sleep-wat:latest hy containerd-shim-hybrid-v2 $hgroup ps)
+read -r rw rs rc rcpu < <(measure io.containerd.runc.v2 docker.io/hybrid-examples/busybox:latest rc containerd-shim-runc-v2 $hgroup ps sleep 3600)
 if [ -n "${RUNWASI_SHIM:-}" ]; then
   # A shim each: the group annotation is one runwasi ignores.
-  read -r ww ws wc < <(measure io.containerd.wasmtime.v1 docker.io/hybrid-examples/sleep-wat:latest rw containerd-shim-wasmtime-v1 $hgroup cgroup)
+  read -r ww ws wc wcpu < <(measure io.containerd.wasmtime.v1 docker.io/hybrid-examples/sleep-wat:latest rw containerd-shim-wasmtime-v1 $hgroup cgroup)
   # One shim for all: CRI's sandbox id, the only grouping runwasi knows.
-  read -r gw gs gc < <(measure io.containerd.wasmtime.v1 docker.io/hybrid-examples/sleep-wat:latest rg containerd-shim-wasmtime-v1 io.kubernetes.cri.sandbox-id cgroup)
+  read -r gw gs gc gcpu < <(measure io.containerd.wasmtime.v1 docker.io/hybrid-examples/sleep-wat:latest rg containerd-shim-wasmtime-v1 io.kubernetes.cri.sandbox-id cgroup)
 fi
 
 echo "idle containers: $n each"
@@ -131,4 +157,12 @@ awk -v a="$hw" -v b="$hs" -v c="$rw" -v d="$rs" 'BEGIN {printf "ratio hybrid/run
 if [ -n "${RUNWASI_SHIM:-}" ]; then
   awk -v a="$hw" -v b="$hs" -v c="$ww" -v d="$ws" 'BEGIN {printf "ratio hybrid/runwasi per container: %.2f\n", (a + b) / (c + d)}'
   awk -v a="$hw" -v b="$hs" -v c="$gw" -v d="$gs" 'BEGIN {printf "ratio hybrid/runwasi-grouped per container: %.2f\n", (a + b) / (c + d)}'
+fi
+echo "shim cpu per Stats call (ctr task metrics of one task, $stats_calls calls):"
+echo "  hybrid ${hcpu} ms, runc ${rcpu} ms${RUNWASI_SHIM:+, runwasi ${wcpu} ms, runwasi grouped ${gcpu} ms}"
+stats_ratio() { awk -v a="$1" -v b="$2" -v what="$3" 'BEGIN {if (b + 0 > 0 && a != "n/a") printf "ratio hybrid/%s stats cpu: %.2f\n", what, a / b}'; }
+stats_ratio "$hcpu" "$rcpu" runc
+if [ -n "${RUNWASI_SHIM:-}" ]; then
+  stats_ratio "$hcpu" "$wcpu" runwasi
+  stats_ratio "$hcpu" "$gcpu" runwasi-grouped
 fi
