@@ -82,17 +82,17 @@ impl CloneJob {
                 // The last thing this process does: it leaves the host's
                 // mount namespace (see guest_mounts.rs). A guest that would
                 // see /proc does not run.
-                let Some(pid) = container.pid().map(|p| p.as_raw()) else {
-                    let _ = container.delete(true);
-                    return Err("the container has no init pid".to_string());
-                };
-                if process.workload.kind.is_wasm() {
-                    if let Err(e) = crate::guest_mounts::hide_proc(pid) {
-                        let _ = container.delete(true);
-                        return Err(e);
+                let pid = container.pid().map(|p| p.as_raw()).ok_or_else(|| "the container has no init pid".to_string());
+                let made = pid.and_then(|pid| {
+                    if process.workload.kind.is_wasm() {
+                        crate::guest_mounts::hide_proc(pid)?;
                     }
+                    Ok(pid)
+                });
+                if made.is_err() {
+                    let _ = container.delete(true);
                 }
-                Ok(pid)
+                made
             }
             CloneJob::Exec { id, state_root, process_file, process } => {
                 let executor = process.executor();
