@@ -177,11 +177,11 @@ impl HybridContainer {
         })?;
         let is_wasm = workload.kind.is_wasm();
         if let Some(spec) = &spec {
-            let spec = match is_wasm {
+            let narrowed = match is_wasm {
                 true => crate::guest_mounts::narrow_bundle(&config.bundle, spec)?,
-                false => spec.clone(),
+                false => None,
             };
-            crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle, &spec)?;
+            crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle, narrowed.as_ref().unwrap_or(spec))?;
         }
         // A bad port annotation fails Create, not the guest's start.
         let http_port = match workload.kind {

@@ -60,7 +60,7 @@ impl HybridContainer {
         // libcontainer's tenant builder reads the process from a file; keep it
         // in the container's state dir, removed with the container.
         let process_file = self.state_dir().join(format!("exec-{exec_id}.json"));
-        let process_json = match self.proc_hidden() {
+        let process_json: std::borrow::Cow<[u8]> = match self.proc_hidden() {
             // Supplementary groups are set by reading /proc/self/setgroups
             // in the container, which a wasm container has no more (see
             // guest_mounts.rs): its execs run with the user's uid and gid.
@@ -69,9 +69,9 @@ impl HybridContainer {
                 let mut user = process.user().clone();
                 user.set_additional_gids(None);
                 process.set_user(user);
-                serde_json::to_vec(&process).map_err(|e| exec_err(format!("cannot encode the process spec: {e}")))?
+                serde_json::to_vec(&process).map_err(|e| exec_err(format!("cannot encode the process spec: {e}")))?.into()
             }
-            _ => process_json.to_vec(),
+            _ => process_json.into(),
         };
         std::fs::write(&process_file, process_json).map_err(|e| exec_err(format!("cannot write {process_file:?}: {e}")))?;
         let held_fifos = stdio.hold_output_fifos();

@@ -56,12 +56,12 @@ pub fn without_kernel_filesystems(spec: &Spec) -> Option<Spec> {
 }
 
 /// Rewrite the bundle's config.json for a wasm container (see the module
-/// comment).
-pub fn narrow_bundle(bundle: &Path, spec: &Spec) -> Result<Spec, GuestMountsError> {
-    let Some(narrowed) = without_kernel_filesystems(spec) else { return Ok(spec.clone()) };
+/// comment); the spec written, or None when `spec` needed no change.
+pub fn narrow_bundle(bundle: &Path, spec: &Spec) -> Result<Option<Spec>, GuestMountsError> {
+    let Some(narrowed) = without_kernel_filesystems(spec) else { return Ok(None) };
     let path = bundle.join("config.json");
     narrowed.save(&path).map_err(|e| GuestMountsError::Save { path, message: e.to_string() })?;
-    Ok(narrowed)
+    Ok(Some(narrowed))
 }
 
 /// Detach /proc (with what is mounted under it) in the mount namespace of
