@@ -103,6 +103,71 @@ pub struct HybridContainer {
     proc_hidden: bool,
     /// Its cgroup manager, once made (see `cgroup_manager`).
     cgroups: OnceCell<libcgroups::common::AnyCgroupManager>,
+    /// What the exit and Delete need, learned off their path (see
+    /// [`CgroupWarmup`]).
+    teardown: Option<Teardown>,
+}
+
+/// What a container's exit and its Delete need to know, learned ahead of
+/// them: making the cgroup manager reads /proc/self/mountinfo once per
+/// controller (3-4 ms here), which libcontainer's delete did again, and
+/// the oom check looked up the memory controller's mount at every exit.
+/// The shim learns it on a thread of its own once the container started
+/// ([`HybridContainer::cgroup_warmup`]), while the guest runs.
+pub struct CgroupWarmup {
+    id: String,
+    state_dir: PathBuf,
+    /// The init process it was asked for: a container deleted and made
+    /// anew under the same id meanwhile has another.
+    init_pid: Option<i32>,
+}
+
+/// What [`CgroupWarmup::learn`] found.
+pub struct LearnedCgroups {
+    init_pid: Option<i32>,
+    manager: libcgroups::common::AnyCgroupManager,
+    teardown: Teardown,
+}
+
+struct Teardown {
+    /// The file counting the kernel's OOM kills in the memory cgroup.
+    oom_file: Option<PathBuf>,
+    /// Whether Delete can be done with the kept manager: no poststop
+    /// hooks to run and no Intel RDT group to remove (libcontainer's
+    /// delete does those).
+    plain: bool,
+}
+
+impl CgroupWarmup {
+    /// Learn it (no lock of the caller's held: this takes milliseconds).
+    pub fn learn(self) -> Result<LearnedCgroups, ContainerError> {
+        let cgroup_err = |message: String| ContainerError::Cgroup { id: self.id.clone(), message };
+        let config = libcontainer::config::YoukiConfig::load(&self.state_dir).map_err(|e| cgroup_err(e.to_string()))?;
+        let manager = new_cgroup_manager(&self.id, &config.cgroup_path).map_err(cgroup_err)?;
+        let poststop = config.hooks.as_ref().and_then(|h| h.poststop().as_ref()).is_some_and(|h| !h.is_empty());
+        let teardown = Teardown { oom_file: oom_kill_file(&config.cgroup_path), plain: !poststop };
+        Ok(LearnedCgroups { init_pid: self.init_pid, manager, teardown })
+    }
+}
+
+fn new_cgroup_manager(id: &str, cgroup_path: &Path) -> Result<libcgroups::common::AnyCgroupManager, String> {
+    create_cgroup_manager(CgroupConfig { cgroup_path: cgroup_path.to_path_buf(), systemd_cgroup: false, container_name: id.to_string() })
+        .map_err(|e| e.to_string())
+}
+
+/// The file that counts OOM kills in the memory cgroup at `cgroup_path`:
+/// v1 `memory.oom_control`, v2 `memory.events`.
+fn oom_kill_file(cgroup_path: &Path) -> Option<PathBuf> {
+    let relative = cgroup_path.strip_prefix("/").unwrap_or(cgroup_path);
+    Some(match libcgroups::common::get_cgroup_setup().ok()? {
+        libcgroups::common::CgroupSetup::Unified => {
+            Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT).join(relative).join("memory.events")
+        }
+        _ => libcgroups::v1::util::get_subsystem_mount_point(&libcgroups::v1::ControllerType::Memory)
+            .ok()?
+            .join(relative)
+            .join("memory.oom_control"),
+    })
 }
 
 /// What Create reads of the bundle's spec. A spec that cannot be read
@@ -256,6 +321,7 @@ impl HybridContainer {
             held_fifos: HeldFifos::default(),
             proc_hidden: false,
             cgroups: OnceCell::new(),
+            teardown: None,
         })
     }
 
@@ -356,13 +422,54 @@ impl HybridContainer {
         })
     }
 
+    /// What the shim learns off the request path once the container has
+    /// started (see [`CgroupWarmup`]); hand the answer to
+    /// [`keep_learned`](Self::keep_learned).
+    pub fn cgroup_warmup(&self) -> CgroupWarmup {
+        CgroupWarmup { id: self.id.clone(), state_dir: self.state_dir(), init_pid: self.pid() }
+    }
+
+    /// Keep what [`CgroupWarmup::learn`] found, unless it is of another
+    /// container of the same id. A manager made meanwhile (a Stats) stays.
+    pub fn keep_learned(&mut self, learned: LearnedCgroups) {
+        if learned.init_pid != self.pid() {
+            return;
+        }
+        let _ = self.cgroups.set(learned.manager);
+        self.teardown = Some(learned.teardown);
+    }
+
     /// Remove the container: kills what is left, removes its cgroup and state.
     pub fn delete(&mut self) -> Result<(), ContainerError> {
+        if self.delete_stopped()? {
+            return Ok(());
+        }
         self.inner.delete(true).map_err(|source| ContainerError::Libcontainer {
             id: self.id.clone(),
             action: "delete",
             source,
         })
+    }
+
+    /// libcontainer's delete of a stopped container, with the cgroup manager
+    /// kept instead of a new one: remove the cgroup (killing what is left
+    /// in it), then the state. False when that is not all there is to do
+    /// (hooks, Intel RDT, a process still running) or nothing was learned.
+    fn delete_stopped(&mut self) -> Result<bool, ContainerError> {
+        let plain = self.teardown.as_ref().is_some_and(|t| t.plain) && self.inner.intel_rdt_dir().is_none();
+        let Some(manager) = self.cgroups.get().filter(|_| plain) else { return Ok(false) };
+        let libcontainer_err = |action, source| ContainerError::Libcontainer { id: self.id.clone(), action, source };
+        self.inner.refresh_status().map_err(|e| libcontainer_err("delete", e))?;
+        if self.inner.status() != libcontainer::container::ContainerStatus::Stopped {
+            return Ok(false);
+        }
+        manager.remove().map_err(|e| ContainerError::Cgroup { id: self.id.clone(), message: e.to_string() })?;
+        let state_dir = self.state_dir();
+        match std::fs::remove_dir_all(&state_dir) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(libcontainer_err("delete", libcontainer::error::LibcontainerError::OtherIO(e))),
+        }
     }
 
     /// The container's cgroup manager, made at its first use and kept: making
@@ -375,12 +482,7 @@ impl HybridContainer {
         }
         let cgroup_err = |message: String| ContainerError::Cgroup { id: self.id.clone(), message };
         let spec = self.inner.spec().map_err(|e| cgroup_err(e.to_string()))?;
-        let manager = create_cgroup_manager(CgroupConfig {
-            cgroup_path: spec.cgroup_path.clone(),
-            systemd_cgroup: false,
-            container_name: self.id.clone(),
-        })
-        .map_err(|e| cgroup_err(e.to_string()))?;
+        let manager = new_cgroup_manager(&self.id, &spec.cgroup_path).map_err(cgroup_err)?;
         Ok(self.cgroups.get_or_init(|| manager))
     }
 
@@ -413,16 +515,9 @@ impl HybridContainer {
     /// container's memory cgroup (v1 `memory.oom_control`, v2
     /// `memory.events`), or None when that cannot be read.
     pub fn oom_kills(&self) -> Option<u64> {
-        let cgroup_path = self.inner.spec().ok()?.cgroup_path;
-        let relative = cgroup_path.strip_prefix("/").unwrap_or(&cgroup_path);
-        let file = match libcgroups::common::get_cgroup_setup().ok()? {
-            libcgroups::common::CgroupSetup::Unified => {
-                Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT).join(relative).join("memory.events")
-            }
-            _ => libcgroups::v1::util::get_subsystem_mount_point(&libcgroups::v1::ControllerType::Memory)
-                .ok()?
-                .join(relative)
-                .join("memory.oom_control"),
+        let file = match self.teardown.as_ref() {
+            Some(teardown) => teardown.oom_file.clone()?,
+            None => oom_kill_file(&self.inner.spec().ok()?.cgroup_path)?,
         };
         // Both files are "key value" lines; libcgroups keeps its parser for
         // them private, and this is the one line needed.

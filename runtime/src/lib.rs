@@ -26,7 +26,7 @@ pub mod tty;
 pub mod wasm;
 pub mod workload;
 
-pub use container::{CgroupStats, CgroupVersion, ContainerConfig, ContainerError, HybridContainer};
+pub use container::{CgroupStats, CgroupVersion, CgroupWarmup, ContainerConfig, ContainerError, HybridContainer, LearnedCgroups};
 pub use exec::{PreparedExec, StartedExec};
 pub use logdriver::LogOwner;
 pub use stdio::StdioPaths;

@@ -158,6 +158,7 @@ impl Task for TaskService {
             entry.init.started = true;
             let pid = entry.init.pid;
             self.events.send(TASK_START_EVENT_TOPIC, TaskStart { container_id: req.id.clone(), pid, ..Default::default() });
+            crate::state::learn_cgroups(&self.state, &req.id, entry.container.cgroup_warmup());
             return Ok(api::StartResponse { pid, ..Default::default() });
         }
         if !entry.init.running() {

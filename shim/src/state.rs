@@ -10,7 +10,7 @@ use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics::{TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC};
-use hybrid_runtime::{Console, HybridContainer, PreparedExec, StdioPaths};
+use hybrid_runtime::{CgroupWarmup, Console, HybridContainer, PreparedExec, StdioPaths};
 
 use crate::events::EventSender;
 
@@ -121,6 +121,27 @@ pub fn spawn_exit_watcher(state: Shared, events: EventSender) {
     });
     if let Err(e) = spawned {
         tracing::error!("cannot start the exit watcher: {e}");
+    }
+}
+
+/// Learn what the container's exit and Delete need of its cgroups on a
+/// thread of its own, while the guest runs, and keep it with the container
+/// (see hybrid_runtime's CgroupWarmup). Without it they do the same work
+/// themselves.
+pub fn learn_cgroups(state: &Shared, id: &str, warmup: CgroupWarmup) {
+    let (state, id) = (state.clone(), id.to_string());
+    let spawned = hybrid_runtime::fork_guard::spawn("cgroups".into(), move || {
+        let learned = match warmup.learn() {
+            Ok(learned) => learned,
+            Err(e) => return tracing::debug!(id = %id, "cannot learn the container's cgroups ahead: {e}"),
+        };
+        let mut st = state.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = st.containers.get_mut(&id) {
+            entry.container.keep_learned(learned);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::debug!("cannot start a thread to learn the cgroups: {e}");
     }
 }
 

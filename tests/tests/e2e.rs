@@ -132,6 +132,9 @@ fn assert_nothing_left_after_delete(image_name: &str, args: &[&str]) {
     assert!(!pids.is_empty(), "task ps lists the init process: {ps:?}");
     assert!(!cgroups_named(&id).is_empty(), "the container has a cgroup while running");
     assert!(!mounts_containing(&id).is_empty(), "the rootfs is mounted while running");
+    // The shim's state of the container (libcontainer's, under ctr's namespace).
+    let state_dir = std::path::Path::new("/run/hybrid/default").join(&id);
+    assert!(state_dir.is_dir(), "{} exists while running", state_dir.display());
 
     let kill = env.ctr_out(&["task", "kill", "-s", "SIGKILL", &id]);
     assert_eq!(kill.code, 0, "{kill:?}");
@@ -148,6 +151,7 @@ fn assert_nothing_left_after_delete(image_name: &str, args: &[&str]) {
     }
     assert_eq!(mounts_containing(&id), Vec::<String>::new(), "mounts left");
     assert_eq!(cgroups_named(&id), Vec::<std::path::PathBuf>::new(), "cgroups left");
+    assert!(!state_dir.exists(), "state left: {}", state_dir.display());
     for pid in pids {
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} left");
     }
