@@ -21,6 +21,7 @@ pub mod guest_mounts;
 pub mod http;
 pub mod preopens;
 pub mod spawner;
+pub mod stack;
 pub mod stdio;
 pub mod tty;
 pub mod wasm;

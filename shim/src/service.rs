@@ -140,6 +140,8 @@ impl Task for TaskService {
                 ..Default::default()
             },
         );
+        // This worker now idles for as long as the task's connection lives.
+        hybrid_runtime::stack::release_unused();
         Ok(api::CreateTaskResponse { pid, ..Default::default() })
     }
 
