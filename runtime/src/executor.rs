@@ -227,5 +227,7 @@ fn run_wasm_in_container(
     // likes.
     // SAFETY: malloc_trim only returns free heap memory to the kernel.
     unsafe { libc::malloc_trim(0) };
+    // And the stack pages libcontainer's init went deep on.
+    crate::stack::release_unused();
     sandbox.run(&workload.entrypoint, &module, workload.export.as_deref(), &setup)
 }

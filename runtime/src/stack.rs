@@ -5,23 +5,27 @@
 //! connection for their task, and the one that ran a Create went about
 //! 70 KiB deep (spec, workload decision, compile cache, the spawner's
 //! answer), then idles in a shallow wait: about 60 KiB per container, for
-//! nothing. [`release_unused`] drops the pages below the caller's frame.
+//! nothing. A wasm container's process runs its guest on the stack
+//! libcontainer's init went deep on (about 60 KiB touched, 15 needed).
+//! [`release_unused`] drops the pages below the caller's frame.
 
 /// Pages this far below the caller's frame stay: the calls made from
 /// here on (madvise itself, a signal handler) need some.
 const MARGIN: usize = 16 * 1024;
 
 /// Drop the pages of the calling thread's stack below its current frame
-/// (less [`MARGIN`]); touched again, they come back zeroed. Not for the
-/// main thread, whose bounds glibc learns from /proc (a file read for a
-/// few pages): there it does nothing.
+/// (less [`MARGIN`]); touched again, they come back zeroed.
 pub fn release_unused() {
-    let Some(lowest) = stack_lowest_address() else { return };
     let marker = 0u8;
     let here = std::hint::black_box(&marker) as *const u8 as usize;
     let page = page_size();
-    let start = lowest.div_ceil(page) * page;
     let end = here.saturating_sub(MARGIN) / page * page;
+    let lowest = match is_main_thread() {
+        true => mapped_below(end, page),
+        false => stack_lowest_address(),
+    };
+    let Some(lowest) = lowest else { return };
+    let start = lowest.div_ceil(page) * page;
     if end <= start {
         return;
     }
@@ -32,13 +36,36 @@ pub fn release_unused() {
     unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
 }
 
-/// The lowest address of the calling thread's stack, or None on the main
-/// thread or when glibc cannot say.
-fn stack_lowest_address() -> Option<usize> {
-    // SAFETY: gettid and getpid take no arguments.
-    if unsafe { libc::gettid() == libc::getpid() } {
-        return None;
+/// The lowest address of the mapping that holds the page below `end`:
+/// the main thread's stack, whose bounds glibc would read from /proc
+/// (hidden in a wasm container). Asks the kernel page by page: mincore
+/// fails on unmapped memory, and the kernel keeps a gap of unmapped memory
+/// below the main stack (stack_guard_gap), so the walk ends there. A
+/// thread's stack has no such gap: never walk from one.
+fn mapped_below(end: usize, page: usize) -> Option<usize> {
+    let mut vec = 0u8;
+    let mut lowest = None;
+    let mut at = end.checked_sub(page)?;
+    // SAFETY: mincore writes one byte for a one-page range into `vec`; it
+    // reads no memory of ours, and fails (ENOMEM) where nothing is mapped.
+    while unsafe { libc::mincore(at as *mut libc::c_void, page, &mut vec) } == 0 {
+        lowest = Some(at);
+        match at.checked_sub(page) {
+            Some(below) => at = below,
+            None => break,
+        }
     }
+    lowest
+}
+
+fn is_main_thread() -> bool {
+    // SAFETY: gettid and getpid take no arguments.
+    unsafe { libc::gettid() == libc::getpid() }
+}
+
+/// The lowest address of the calling thread's stack (not the main
+/// thread's), or None when glibc cannot say.
+fn stack_lowest_address() -> Option<usize> {
     let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
     // SAFETY: pthread_getattr_np initialises `attr` for the calling thread;
     // only when it succeeds is `attr` read, then destroyed once.
