@@ -71,23 +71,17 @@ container_pids() { # id how(ps|cgroup)
   if [ "$2" = cgroup ]; then cgroup_pids "$1"; else task_pids "$1"; fi
 }
 
-# Pids of shims started by this containerd (their argv names its socket).
-shim_pids() {
-  local pattern=$1
+# Pids of shims started by this containerd (their argv names its socket),
+# with `id` those serving task `id` (their argv names it too).
+shim_pids() { # pattern [id]
+  local pattern=$1 id=${2:-} args
   for d in /proc/[0-9]*; do
-    if { tr '\0' ' ' <"$d/cmdline"; } 2>/dev/null | grep -q -- "$pattern.*-address $CONTAINERD_ADDRESS"; then
+    args=$({ tr '\0' ' ' <"$d/cmdline"; } 2>/dev/null) || continue
+    if grep -q -- "$pattern.*-address $CONTAINERD_ADDRESS " <<<"$args" && { [ -z "$id" ] || grep -q -- "-id $id " <<<"$args"; }; then
       # Only processes in our pid namespace: a wasm container's init is a
       # clone of the shim and carries its command line too.
       [ "$(readlink "$d/ns/pid")" = "$(readlink /proc/self/ns/pid)" ] && echo "${d#/proc/}"
     fi
-  done
-}
-
-# Of those, the shim processes serving task `id` (its argv names it).
-shim_pids_of() { # pattern id
-  local pid
-  for pid in $(shim_pids "$1"); do
-    if { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -q -- "-id $2 "; then echo "$pid"; fi
   done
 }
 
@@ -116,7 +110,7 @@ measure() { # runtime image prefix shim-pattern group-annotation pids(ps|cgroup)
   # first task per Stats call (`ctr task metrics`, as kubelet's stats
   # polling asks), in ms, from its utime + stime over $stats_calls calls.
   local serving before per_call=""
-  serving=$(shim_pids_of "$pattern" "$prefix-1")
+  serving=$(shim_pids "$pattern" "$prefix-1")
   before=$(cpu_ticks $serving)
   for i in $(seq 1 "$stats_calls"); do
     ctr_ task metrics "$prefix-1" >/dev/null 2>&1 || { per_call=n/a; break; }
