@@ -129,6 +129,9 @@ fn serve(socket: OwnedFd) -> ! {
         libc::prctl(libc::PR_SET_NAME, c"hybrid-spawner".as_ptr(), 0, 0, 0);
     }
     detach_descriptors(socket.as_raw_fd());
+    // Its containers, cloned from this thread, give back the stack pages
+    // their setup touched (stack.rs), once /proc is gone from them.
+    crate::stack::learn_main_stack();
     // Made here, once, its pages are shared by every container.
     if let Err(e) = crate::wasm::warm_shared_engine() {
         tracing::warn!("spawner: {e}");

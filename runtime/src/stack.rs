@@ -9,9 +9,26 @@
 //! libcontainer's init went deep on (about 60 KiB touched, 15 needed).
 //! [`release_unused`] drops the pages below the caller's frame.
 
+use std::sync::OnceLock;
+
 /// Pages this far below the caller's frame stay: the calls made from
 /// here on (madvise itself, a signal handler) need some.
 const MARGIN: usize = 16 * 1024;
+
+/// The main thread's stack as glibc saw it from /proc at [`learn_main_stack`]
+/// (lowest and highest address), inherited by the process's clones.
+static MAIN_STACK: OnceLock<(usize, usize)> = OnceLock::new();
+
+/// Learn where the main thread's stack lies, on the main thread, while
+/// /proc is there to tell: the spawner does at its start, for the
+/// containers cloned from it, where /proc is gone by the time it is asked.
+pub fn learn_main_stack() {
+    if is_main_thread() {
+        if let Some(bounds) = stack_bounds() {
+            let _ = MAIN_STACK.set(bounds);
+        }
+    }
+}
 
 /// Drop the pages of the calling thread's stack below its current frame
 /// (less [`MARGIN`]); touched again, they come back zeroed.
@@ -21,8 +38,11 @@ pub fn release_unused() {
     let page = page_size();
     let end = here.saturating_sub(MARGIN) / page * page;
     let lowest = match is_main_thread() {
-        true => mapped_below(end, page),
-        false => stack_lowest_address(),
+        // Only on the stack learned: a process forked from another thread,
+        // or cloned onto a stack of its own, runs its "main" thread on a
+        // mapping that other mappings may adjoin.
+        true => main_stack_lowest(MAIN_STACK.get().copied(), here, || mapped_below(end, page)),
+        false => stack_bounds().map(|(low, _)| low),
     };
     let Some(lowest) = lowest else { return };
     let start = lowest.div_ceil(page) * page;
@@ -34,6 +54,14 @@ pub fn release_unused() {
     // nothing borrowed is there, and only this thread uses it. MADV_DONTNEED
     // on private anonymous memory only makes its next touch a zeroed page.
     unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+}
+
+/// The lowest address of the main stack to release from: what `walk`
+/// finds, when `here` lies within the stack `learned`, else None (and no
+/// walk).
+fn main_stack_lowest(learned: Option<(usize, usize)>, here: usize, walk: impl FnOnce() -> Option<usize>) -> Option<usize> {
+    let (low, _) = learned.filter(|(low, high)| (*low..*high).contains(&here))?;
+    Some(walk()?.max(low))
 }
 
 /// The lowest address of the mapping that holds the page below `end`:
@@ -63,9 +91,9 @@ fn is_main_thread() -> bool {
     unsafe { libc::gettid() == libc::getpid() }
 }
 
-/// The lowest address of the calling thread's stack (not the main
-/// thread's), or None when glibc cannot say.
-fn stack_lowest_address() -> Option<usize> {
+/// The calling thread's stack, lowest and highest address, or None when
+/// glibc cannot say. For the main thread glibc reads /proc/self/maps.
+fn stack_bounds() -> Option<(usize, usize)> {
     let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
     // SAFETY: pthread_getattr_np initialises `attr` for the calling thread;
     // only when it succeeds is `attr` read, then destroyed once.
@@ -77,7 +105,7 @@ fn stack_lowest_address() -> Option<usize> {
         let mut size: libc::size_t = 0;
         let got = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size);
         libc::pthread_attr_destroy(attr.as_mut_ptr());
-        (got == 0 && !addr.is_null()).then_some(addr as usize)
+        (got == 0 && !addr.is_null()).then_some((addr as usize, addr as usize + size))
     }
 }
 
@@ -98,7 +126,7 @@ mod tests {
     }
 
     fn stack_rss_kib() -> usize {
-        let lowest = stack_lowest_address().expect("a spawned thread's stack");
+        let (lowest, _) = stack_bounds().expect("a spawned thread's stack");
         let maps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
         let mut in_stack = false;
         for line in maps.lines() {
@@ -138,6 +166,28 @@ mod tests {
     #[test]
     fn a_test_thread_knows_its_stack() {
         // The harness runs each test on a thread of its own, not the main one.
-        assert!(stack_lowest_address().is_some());
+        let (low, high) = stack_bounds().expect("bounds");
+        let marker = 0u8;
+        assert!((low..high).contains(&(std::hint::black_box(&marker) as *const u8 as usize)));
+    }
+
+    #[test]
+    fn the_main_stack_is_walked_only_from_within_the_stack_learned() {
+        let walked = std::cell::Cell::new(0);
+        let walk = || {
+            walked.set(walked.get() + 1);
+            Some(0x1000)
+        };
+        // Nothing learned (a process forked from another thread, as with
+        // HYBRID_SPAWNER=off): no walk.
+        assert_eq!(main_stack_lowest(None, 0x9000, walk), None);
+        // Learned, but the caller runs on another stack (a clone given a
+        // stack of its own): no walk.
+        assert_eq!(main_stack_lowest(Some((0x4000, 0x8000)), 0x9000, walk), None);
+        assert_eq!(walked.get(), 0);
+        // On it: what the walk found, never below the stack learned.
+        assert_eq!(main_stack_lowest(Some((0x4000, 0x10000)), 0x9000, walk), Some(0x4000));
+        assert_eq!(main_stack_lowest(Some((0x800, 0x10000)), 0x9000, walk), Some(0x1000));
+        assert_eq!(walked.get(), 2);
     }
 }
