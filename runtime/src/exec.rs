@@ -34,6 +34,17 @@ pub struct StartedExec {
 }
 
 impl HybridContainer {
+    /// The container's root as an exec will see it: with the spec's mounts
+    /// (a bind mount, a volume holding the program), through its init's
+    /// root in /proc; the rootfs as mounted for it when the init is gone.
+    fn root_as_seen_inside(&self) -> std::path::PathBuf {
+        let inside = self.pid().map(|pid| std::path::PathBuf::from(format!("/proc/{pid}/root")));
+        match inside {
+            Some(root) if root.is_dir() => root,
+            _ => self.rootfs().to_path_buf(),
+        }
+    }
+
     /// Check and prepare an exec: `process_json` is the OCI process that
     /// containerd sends. Errors here fail containerd's Exec, before Start.
     pub fn prepare_exec(&self, exec_id: &str, process_json: &[u8], stdio: StdioPaths) -> Result<PreparedExec, ContainerError> {
@@ -50,9 +61,10 @@ impl HybridContainer {
         let terminal = process.terminal().unwrap_or(false);
         let args = process.args().clone().unwrap_or_default();
         let env = process.env().clone().unwrap_or_default();
-        let workload = decide_process(&args, &env, process.cwd(), self.annotations(), self.rootfs())?;
+        let root = self.root_as_seen_inside();
+        let workload = decide_process(&args, &env, process.cwd(), self.annotations(), &root)?;
         let compiled = if workload.kind.is_wasm() {
-            let module = read_entrypoint(self.rootfs(), &workload)?;
+            let module = read_entrypoint(&root, &workload)?;
             Some(wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?.0)
         } else {
             None

@@ -131,8 +131,7 @@ fn decide_in(
         Some((arg0, _)) => (Some(arg0.as_str()), None),
         None => (None, None),
     };
-    let root = pathrs::Root::open(rootfs)
-        .map_err(|e| WorkloadError::Rootfs(rootfs.to_path_buf(), e.to_string()))?;
+    let root = open_root(rootfs)?;
     let entrypoint = match (artifact_module, program) {
         (Some(module), _) => module.to_path_buf(),
         (None, None) => return Err(WorkloadError::NoArgs),
@@ -172,13 +171,21 @@ fn decide_in(
 
 /// The entrypoint's whole content, read inside `rootfs` (symlinks resolved
 /// within it), e.g. to compile a wasm module ahead of the container.
+/// The root paths are resolved in. Opened by std, which follows the
+/// `/proc/PID/root` an exec's root is given as (see exec.rs); pathrs'
+/// own open refuses that link. Resolution inside stays pathrs'.
+fn open_root(rootfs: &Path) -> Result<pathrs::Root, WorkloadError> {
+    let dir = File::open(rootfs).map_err(|e| WorkloadError::Rootfs(rootfs.to_path_buf(), e.to_string()))?;
+    Ok(pathrs::Root::from_fd(std::os::fd::OwnedFd::from(dir)))
+}
+
 pub fn read_entrypoint(rootfs: &Path, workload: &Workload) -> Result<Vec<u8>, WorkloadError> {
     let read_err = |source| WorkloadError::Read {
         path: workload.entrypoint.display().to_string(),
         rootfs: rootfs.to_path_buf(),
         source,
     };
-    let root = pathrs::Root::open(rootfs).map_err(|e| WorkloadError::Rootfs(rootfs.to_path_buf(), e.to_string()))?;
+    let root = open_root(rootfs)?;
     let handle = root.resolve(&workload.entrypoint).map_err(|e| read_err(std::io::Error::other(e)))?;
     let mut file: File = handle
         .reopen(pathrs::flags::OpenFlags::O_RDONLY)
