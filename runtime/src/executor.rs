@@ -178,6 +178,7 @@ fn run_wasm_in_container(
     http_port: u16,
 ) -> Result<WasmExit, crate::wasm::WasmError> {
     install_termination_handlers();
+    crate::guest_mounts::blank_host_environment();
     let entry_fd = precompiled.map(|entry| entry.file.as_raw_fd());
     close_cloexec_fds(&[oom_notify, entry_fd]);
     drop_capabilities_as_exec_would();

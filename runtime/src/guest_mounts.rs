@@ -78,6 +78,28 @@ pub fn hide_proc(pid: i32) -> Result<(), String> {
     }
 }
 
+/// Blank this process's environment block, the one /proc/PID/environ
+/// shows. A wasm process never execs: that block is still the shim's
+/// environment, inherited through its clones, and where /proc stays (a
+/// wasm exec into a native container, whose init needs /proc) the guest
+/// could read it. The guest's own environment is the spec's, given
+/// through WASI; glibc's `environ` points into the block and reads empty
+/// strings after. Call while the process is single-threaded.
+pub fn blank_host_environment() {
+    let Ok(stat) = procfs::process::Process::myself().and_then(|p| p.stat()) else { return };
+    let (Some(start), Some(end)) = (stat.env_start, stat.env_end) else { return };
+    let Ok(len) = usize::try_from(end.saturating_sub(start)) else { return };
+    if start == 0 || len == 0 {
+        return;
+    }
+    // SAFETY: [start, start + len) is this process's environment block,
+    // which the kernel placed in writable memory (the top of the main
+    // stack) at the exec this process descends from; no other thread runs,
+    // and what points into it (environ) only reads the strings, which stay
+    // NUL-terminated.
+    unsafe { std::ptr::write_bytes(start as usize as *mut u8, 0, len) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

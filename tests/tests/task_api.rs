@@ -13,8 +13,13 @@ struct Running<'a> {
 
 impl<'a> Running<'a> {
     fn start(env: &'a Env, image_ref: &str, args: &[&str]) -> Self {
+        Self::start_with(env, &[], image_ref, args)
+    }
+
+    /// [`start`](Self::start), with more flags for `ctr run`.
+    fn start_with(env: &'a Env, flags: &[&str], image_ref: &str, args: &[&str]) -> Self {
         let id = unique_id("api");
-        let run = env.ctr_out(&[&["run", "-d", "--runtime", HYBRID_RUNTIME, image_ref, &id][..], args].concat());
+        let run = env.ctr_out(&[&["run", "-d", "--runtime", HYBRID_RUNTIME][..], flags, &[image_ref, &id], args].concat());
         assert_eq!(run.code, 0, "{run:?}");
         assert!(env.wait_for_status(&id, "RUNNING", Duration::from_secs(30)), "task {id} never ran");
         Running { env, id }
@@ -48,6 +53,24 @@ impl Drop for Running<'_> {
 /// exec` whose Start never answers).
 fn ctr_within(env: &Env, args: &[&str]) -> Ran {
     env.ctr_out_within(Duration::from_secs(60), args)
+}
+
+/// A wasm exec into a native container runs where /proc stays (the native
+/// init needs it); its /proc/self is the exec's wasmtime process, which
+/// never exec'd: what it shows as its environment must not be the shim's.
+#[test]
+fn a_wasm_exec_into_a_native_container_reads_no_environment_of_the_shim() {
+    let env = env();
+    let probe = repo_root().join("wasm-examples/c-hello/hello.wasm");
+    let mount = format!("type=bind,src={},dst=/probe.wasm,options=rbind:ro", probe.display());
+    let task = Running::start_with(env, &["--mount", &mount], &image("busybox"), &["sleep", "60"]);
+    let ran = task.exec("w1", &["/probe.wasm", "read:/proc/self/environ", "read:/proc/self/status"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    // /proc is there (the probe reads its status)...
+    assert!(ran.stdout.contains("read /proc/self/status: Name:"), "{ran:?}");
+    // ...but the environment block reads empty.
+    let environ = ran.stdout.lines().find(|l| l.starts_with("read /proc/self/environ: ")).unwrap_or_default();
+    assert_eq!(environ, "read /proc/self/environ: ", "{ran:?}");
 }
 
 #[test]
