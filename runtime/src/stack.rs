@@ -4,16 +4,18 @@
 //! whole life. The shim's ttrpc workers live as long as containerd's
 //! connection for their task, and the one that ran a Create went about
 //! 70 KiB deep (spec, workload decision, compile cache, the spawner's
-//! answer), then idles in a shallow wait: about 60 KiB per container, for
-//! nothing. A wasm container's process runs its guest on the stack
+//! answer), then idles in a shallow wait or parks in a Wait for the task's
+//! life: about 60 KiB per container, for nothing. A wasm container's process runs its guest on the stack
 //! libcontainer's init went deep on (about 60 KiB touched, 15 needed).
 //! [`release_unused`] drops the pages below the caller's frame.
 
 use std::sync::OnceLock;
 
-/// Pages this far below the caller's frame stay: the calls made from
-/// here on (madvise itself, a signal handler) need some.
-const MARGIN: usize = 16 * 1024;
+/// Pages this far below the caller's frame stay: the frames of the calls
+/// made from here (madvise's) must not be dropped while they run. A page
+/// dropped and touched again later (a signal's frame) just comes back
+/// zeroed.
+const MARGIN: usize = 4 * 1024;
 
 /// The main thread's stack as glibc saw it from /proc at [`learn_main_stack`]
 /// (lowest and highest address), inherited by the process's clones.
@@ -27,6 +29,16 @@ pub fn learn_main_stack() {
         if let Some(bounds) = stack_bounds() {
             let _ = MAIN_STACK.set(bounds);
         }
+    }
+}
+
+/// Releases the stack below the frame it lives in when that frame returns:
+/// one at the top of a request handler that goes deep.
+pub struct ReleaseOnReturn;
+
+impl Drop for ReleaseOnReturn {
+    fn drop(&mut self) {
+        release_unused();
     }
 }
 

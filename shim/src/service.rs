@@ -97,6 +97,9 @@ fn status_of(proc: &Proc, paused: bool) -> Status {
 
 impl Task for TaskService {
     fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+        // The worker idles (or parks in a Wait) for as long as the task's
+        // connection lives: give back what this request touched of its stack.
+        let _stack = hybrid_runtime::stack::ReleaseOnReturn;
         let span = tracing::info_span!("create", id = %req.id);
         let _enter = span.enter();
         if !req.checkpoint.is_empty() {
@@ -140,12 +143,12 @@ impl Task for TaskService {
                 ..Default::default()
             },
         );
-        // This worker now idles for as long as the task's connection lives.
-        hybrid_runtime::stack::release_unused();
         Ok(api::CreateTaskResponse { pid, ..Default::default() })
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        // See create.
+        let _stack = hybrid_runtime::stack::ReleaseOnReturn;
         let span = tracing::info_span!("start", id = %req.id, exec = %req.exec_id);
         let _enter = span.enter();
         // The lock is held until the pid is recorded and the start event
@@ -183,6 +186,8 @@ impl Task for TaskService {
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        // See create.
+        let _stack = hybrid_runtime::stack::ReleaseOnReturn;
         let span = tracing::info_span!("exec", id = %req.id, exec = %req.exec_id);
         let _enter = span.enter();
         let mut st = self.lock();
@@ -248,6 +253,9 @@ impl Task for TaskService {
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        // This worker parks here for the process's life: without the pages
+        // its earlier requests touched.
+        hybrid_runtime::stack::release_unused();
         let (lock, cvar) = &*self.state;
         let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -261,6 +269,8 @@ impl Task for TaskService {
     }
 
     fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+        // See create.
+        let _stack = hybrid_runtime::stack::ReleaseOnReturn;
         let span = tracing::info_span!("delete", id = %req.id, exec = %req.exec_id);
         let _enter = span.enter();
         let mut st = self.lock();
@@ -364,6 +374,8 @@ impl Task for TaskService {
     }
 
     fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        // See create.
+        let _stack = hybrid_runtime::stack::ReleaseOnReturn;
         let st = self.lock();
         let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
         let (stats, version) = entry.container.stats().map_err(internal)?;
