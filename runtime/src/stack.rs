@@ -5,9 +5,10 @@
 //! connection for their task, and the one that ran a Create went about
 //! 70 KiB deep (spec, workload decision, compile cache, the spawner's
 //! answer), then idles in a shallow wait or parks in a Wait for the task's
-//! life: about 60 KiB per container, for nothing. A wasm container's process runs its guest on the stack
-//! libcontainer's init went deep on (about 60 KiB touched, 15 needed).
-//! [`release_unused`] drops the pages below the caller's frame.
+//! life: about 60 KiB per container, for nothing. A wasm container's
+//! process runs its guest on the stack libcontainer's init went deep on
+//! (about 60 KiB touched, 15 needed). [`release_unused`] drops the pages
+//! below the caller's frame.
 
 use std::sync::OnceLock;
 

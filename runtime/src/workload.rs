@@ -169,8 +169,6 @@ fn decide_in(
     })
 }
 
-/// The entrypoint's whole content, read inside `rootfs` (symlinks resolved
-/// within it), e.g. to compile a wasm module ahead of the container.
 /// The root paths are resolved in. Opened by std, which follows the
 /// `/proc/PID/root` an exec's root is given as (see exec.rs); pathrs'
 /// own open refuses that link. Resolution inside stays pathrs'.
@@ -179,6 +177,8 @@ fn open_root(rootfs: &Path) -> Result<pathrs::Root, WorkloadError> {
     Ok(pathrs::Root::from_fd(std::os::fd::OwnedFd::from(dir)))
 }
 
+/// The entrypoint's whole content, read inside `rootfs` (symlinks resolved
+/// within it), e.g. to compile a wasm module ahead of the container.
 pub fn read_entrypoint(rootfs: &Path, workload: &Workload) -> Result<Vec<u8>, WorkloadError> {
     let read_err = |source| WorkloadError::Read {
         path: workload.entrypoint.display().to_string(),
