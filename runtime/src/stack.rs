@@ -1,11 +1,11 @@
 //! Give back the stack pages a deep call touched, once it has returned.
 //!
 //! A thread's stack pages stay in memory once touched, for the thread's
-//! whole life. The shim's ttrpc workers live as long as containerd's
-//! connection for their task, and the one that ran a Create went about
-//! 70 KiB deep (spec, workload decision, compile cache, the spawner's
-//! answer), then idles in a shallow wait or parks in a Wait for the task's
-//! life: about 60 KiB per container, for nothing. A wasm container's
+//! whole life. The shim's threads that answer task calls (tokio's
+//! blocking pool) idle for seconds after a call, and the one that ran a
+//! Create went about 70 KiB deep (spec, workload decision, compile cache,
+//! the spawner's answer): about 60 KiB for nothing while it idles, and per
+//! container when many are made at once. A wasm container's
 //! process runs its guest on the stack libcontainer's init went deep on
 //! (about 60 KiB touched, 15 needed). [`release_unused`] drops the pages
 //! below the caller's frame.

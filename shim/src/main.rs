@@ -11,6 +11,7 @@ mod rootfs;
 mod serve;
 mod service;
 mod state;
+mod task_async;
 mod shim;
 
 use std::os::unix::net::UnixListener;

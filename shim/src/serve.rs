@@ -1,25 +1,20 @@
-//! The serving shim's main loop: containerd-shim's own, but with a ttrpc
-//! server sized for a shim that serves a whole pod.
+//! The serving shim's main loop: containerd-shim's own, but with ttrpc's
+//! asynchronous server.
 //!
 //! containerd opens a connection to the shim for every task, also when one
-//! shim serves a group, and ttrpc's synchronous server gives each connection
-//! a reader, a writer, a dispatcher and a pool of three to five workers:
-//! eight or nine threads per container, each with a stack of its own (about
-//! 15 KiB of it touched), idle for the container's whole life. A task's
-//! calls come one at a time, except its Wait, which blocks a worker until
-//! the task exits: two workers, and a fresh one whenever none is free, are
-//! enough (ttrpc wants min < default < max). containerd-shim's `run`
-//! cannot size the server, so the serving path is here: `start` (main.rs)
-//! binds the socket and forks the serving process; `delete` still goes
-//! through `run`.
+//! shim serves a group, and ttrpc's synchronous server (containerd-shim's
+//! `run`) gives each connection threads of its own for the container's
+//! whole life; its asynchronous one keeps none (see task_async.rs).
+//! containerd-shim's `run` serves only the synchronous way, so the serving
+//! path is here: `start` (main.rs) binds the socket and forks the serving
+//! process; `delete` still goes through `run`.
 
-use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::Arc;
 
-use containerd_shim::protos::shim::shim_ttrpc::create_task;
-use containerd_shim::protos::ttrpc::Server;
+use containerd_shim::protos::shim_async::create_task;
+use containerd_shim::protos::ttrpc::asynchronous::Server;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, Error, Flags, Shim};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -28,13 +23,12 @@ use signal_hook::consts::{SIGCHLD, SIGINT, SIGPIPE, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::shim::{shim_answers, socket_path, HybridShim};
+use crate::task_async::AsyncTaskService;
 
-/// ttrpc's worker counts per connection: it starts DEFAULT_WORKERS, starts
-/// more when fewer than MIN_FREE_WORKERS are free, and lets go of those
-/// above MAX_WORKERS (its own defaults: 1, 3 and 5).
-const MIN_FREE_WORKERS: usize = 1;
-const DEFAULT_WORKERS: usize = 2;
-const MAX_WORKERS: usize = 3;
+/// How long a thread of the blocking pool that answers the task calls
+/// (task_async.rs) stays once idle: long enough for a task's Create, Start
+/// and first Stats to share one.
+const CALL_THREAD_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long after the shim starts its first Create is expected.
 const FIRST_CREATE_WITHIN: std::time::Duration = std::time::Duration::from_millis(100);
@@ -64,14 +58,23 @@ pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: Unix
     }
     let mut shim = HybridShim::new(runtime_id, flags, &mut config);
     let publisher = RemotePublisher::new(&ttrpc_address)?;
-    let task = create_task(Arc::new(shim.create_task_service(publisher)));
-    let mut server = Server::new()
-        .add_listener(listener.into_raw_fd())?
-        .set_thread_count_default(DEFAULT_WORKERS)
-        .set_thread_count_min(MIN_FREE_WORKERS)
-        .set_thread_count_max(MAX_WORKERS)
-        .register_service(task);
-    server.start()?;
+    let task = create_task(Arc::new(AsyncTaskService::new(shim.task_service(publisher))));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("ttrpc")
+        .thread_keep_alive(CALL_THREAD_IDLE)
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| Error::Other(format!("cannot start the ttrpc runtime: {e}")))?;
+    let mut server = runtime.block_on(async {
+        let listen_err = |e: std::io::Error| Error::Other(format!("cannot serve on {}: {e}", flags.socket));
+        listener.set_nonblocking(true).map_err(listen_err)?;
+        let listener = tokio::net::UnixListener::from_std(listener).map_err(listen_err)?;
+        let mut server = Server::new().add_listener(listener.into()).register_service(task);
+        server.start().await?;
+        Ok::<_, Error>(server)
+    })?;
     tracing::info!("shim serving on {}", flags.socket);
     std::thread::Builder::new()
         .name("signals".into())
@@ -79,7 +82,9 @@ pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: Unix
         .map_err(|e| Error::Other(format!("cannot start the signal thread: {e}")))?;
     shim.wait();
     tracing::info!("shim shutting down");
-    server.shutdown();
+    if let Err(e) = runtime.block_on(server.shutdown()) {
+        tracing::warn!("ttrpc server shutdown: {e}");
+    }
     let address = containerd_shim::util::read_address().unwrap_or_else(|_| flags.socket.clone());
     let _ = std::fs::remove_file(socket_path(&address));
     Ok(())

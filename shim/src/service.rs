@@ -2,7 +2,7 @@
 //! one or more containers. The names follow the protocol's own.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 
 use containerd_shim::protos::api::{self, Status};
 use containerd_shim::protos::events::task::{
@@ -16,14 +16,14 @@ use containerd_shim::protos::topics::{
 };
 use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
+use containerd_shim::{ExitSignal, TtrpcResult};
 use hybrid_runtime::{ContainerConfig, HybridContainer, StdioPaths};
 use oci_spec::runtime::Spec;
 
 use crate::events::EventSender;
 use crate::rootfs;
 use crate::shim::state_root;
-use crate::state::{spawn_exit_watcher, Entry, Exec, Exited, Proc, Shared, State};
+use crate::state::{spawn_exit_watcher, Entry, Exec, Exited, Proc, Shared, SharedState, State};
 
 pub fn status_error(code: Code, message: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
@@ -51,14 +51,13 @@ pub struct TaskService {
 impl TaskService {
     pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
         let events = EventSender::spawn(publisher, namespace.to_string());
-        let state: Shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
+        let state = SharedState::new();
         spawn_exit_watcher(state.clone(), events.clone());
         Self { namespace: namespace.to_string(), state, events, exit }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A poisoned lock means a panic elsewhere; the state is still the best we have.
-        self.state.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 }
 
@@ -95,10 +94,12 @@ fn status_of(proc: &Proc, paused: bool) -> Status {
     }
 }
 
-impl Task for TaskService {
-    fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
-        // The worker idles (or parks in a Wait) for as long as the task's
-        // connection lives: give back what this request touched of its stack.
+/// The calls of containerd's task service, each answered on the thread it
+/// is called on (see task_async.rs for how ttrpc reaches them).
+impl TaskService {
+    pub fn create(&self, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+        // The calling thread (of tokio's blocking pool) may idle a while:
+        // give back what this call touched of its stack.
         let _stack = hybrid_runtime::stack::ReleaseOnReturn;
         let span = tracing::info_span!("create", id = %req.id);
         let _enter = span.enter();
@@ -146,7 +147,7 @@ impl Task for TaskService {
         Ok(api::CreateTaskResponse { pid, ..Default::default() })
     }
 
-    fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+    pub fn start(&self, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
         // See create.
         let _stack = hybrid_runtime::stack::ReleaseOnReturn;
         let span = tracing::info_span!("start", id = %req.id, exec = %req.exec_id);
@@ -185,7 +186,7 @@ impl Task for TaskService {
         Ok(api::StartResponse { pid, ..Default::default() })
     }
 
-    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+    pub fn exec(&self, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
         // See create.
         let _stack = hybrid_runtime::stack::ReleaseOnReturn;
         let span = tracing::info_span!("exec", id = %req.id, exec = %req.exec_id);
@@ -213,7 +214,7 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 
-    fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+    pub fn state(&self, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
         let st = self.lock();
         let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
         let proc = entry.proc(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;
@@ -233,7 +234,7 @@ impl Task for TaskService {
         })
     }
 
-    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+    pub fn kill(&self, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let mut st = self.lock();
         let entry = st.containers.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
         let proc = entry.proc(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;
@@ -252,23 +253,27 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 
-    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        // This worker parks here for the process's life: without the pages
-        // its earlier requests touched.
-        hybrid_runtime::stack::release_unused();
-        let (lock, cvar) = &*self.state;
-        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+    /// The exit of the init (or an exec), once it happened: waits
+    /// without a thread, on the counter the exit watcher raises.
+    pub async fn wait(&self, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        // Watched from before the first look, so that an exit between the
+        // look and the wait still wakes it.
+        let mut exits = self.state.exits.subscribe();
         loop {
-            let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
-            let proc = entry.proc(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;
-            if let Some(exited) = proc.exited.clone() {
-                return Ok(api::WaitResponse { exit_status: exited.status, exited_at: MessageField::some(exited.at), ..Default::default() });
+            {
+                let st = self.lock();
+                let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+                let proc = entry.proc(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;
+                if let Some(exited) = proc.exited.clone() {
+                    return Ok(api::WaitResponse { exit_status: exited.status, exited_at: MessageField::some(exited.at), ..Default::default() });
+                }
             }
-            st = cvar.wait(st).unwrap_or_else(|p| p.into_inner());
+            // The watcher (the sender) lives as long as the state.
+            exits.changed().await.map_err(|_| internal("the exit watcher is gone"))?;
         }
     }
 
-    fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+    pub fn delete(&self, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
         // See create.
         let _stack = hybrid_runtime::stack::ReleaseOnReturn;
         let span = tracing::info_span!("delete", id = %req.id, exec = %req.exec_id);
@@ -310,7 +315,7 @@ impl Task for TaskService {
         Ok(api::DeleteResponse { pid, exit_status: exited.status, exited_at: MessageField::some(exited.at), ..Default::default() })
     }
 
-    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+    pub fn update(&self, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
         let span = tracing::info_span!("update", id = %req.id);
         let _enter = span.enter();
         let st = self.lock();
@@ -325,7 +330,7 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 
-    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+    pub fn close_io(&self, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
         // Without a terminal the process reads containerd's stdin fifo itself
         // and sees EOF as soon as containerd's writer closes. With one, the
         // shim copies stdin and holds the fifo open until asked here.
@@ -338,7 +343,7 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 
-    fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+    pub fn resize_pty(&self, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
         let st = self.lock();
         let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
         let proc = entry.proc(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;
@@ -349,7 +354,7 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 
-    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+    pub fn pause(&self, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
         let mut st = self.lock();
         let entry = st.containers.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
         if !entry.init.running() {
@@ -361,7 +366,7 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 
-    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+    pub fn resume(&self, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
         let mut st = self.lock();
         let entry = st.containers.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
         if !entry.paused {
@@ -373,7 +378,7 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 
-    fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+    pub fn stats(&self, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
         // See create.
         let _stack = hybrid_runtime::stack::ReleaseOnReturn;
         let st = self.lock();
@@ -383,7 +388,7 @@ impl Task for TaskService {
         Ok(api::StatsResponse { stats: MessageField::some(any), ..Default::default() })
     }
 
-    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+    pub fn pids(&self, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let st = self.lock();
         let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
         let pids = entry.container.pids().map_err(internal)?;
@@ -393,7 +398,7 @@ impl Task for TaskService {
         })
     }
 
-    fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+    pub fn connect(&self, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
         let st = self.lock();
         let task_pid = st.containers.get(&req.id).map(|e| e.init.pid).unwrap_or_default();
         Ok(api::ConnectResponse {
@@ -404,7 +409,7 @@ impl Task for TaskService {
         })
     }
 
-    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+    pub fn shutdown(&self, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
         // A shim serving a group lives until its last container is deleted.
         if self.lock().containers.is_empty() {
             self.exit.signal();

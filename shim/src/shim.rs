@@ -34,8 +34,22 @@ pub struct HybridShim {
     bundle: PathBuf,
 }
 
+/// What containerd-shim's own serving loop would serve: nothing, as it
+/// never runs (`start` forks our serving shim, serve.rs, which serves a
+/// [`TaskService`] through ttrpc's asynchronous server); containerd-shim's
+/// `run` is only the `delete` action here.
+pub struct Unserved;
+
+impl containerd_shim::Task for Unserved {}
+
+impl HybridShim {
+    pub fn task_service(&self, publisher: RemotePublisher) -> TaskService {
+        TaskService::new(&self.namespace, publisher, self.exit.clone())
+    }
+}
+
 impl containerd_shim::Shim for HybridShim {
-    type T = TaskService;
+    type T = Unserved;
 
     fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         let bundle = if args.bundle.is_empty() {
@@ -86,8 +100,8 @@ impl containerd_shim::Shim for HybridShim {
         self.exit.wait();
     }
 
-    fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
-        TaskService::new(&self.namespace, publisher, self.exit.clone())
+    fn create_task_service(&self, _publisher: RemotePublisher) -> Unserved {
+        Unserved
     }
 }
 

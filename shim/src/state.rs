@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 use containerd_shim::monitor::{monitor_subscribe, ExitEvent, Subject, Topic};
 use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
@@ -82,8 +82,24 @@ pub struct State {
     pub containers: HashMap<String, Entry>,
 }
 
-/// The state, and a condition variable signalled on every exit.
-pub type Shared = Arc<(Mutex<State>, Condvar)>;
+/// The state, and a counter raised at every exit, which Wait watches.
+pub struct SharedState {
+    pub state: Mutex<State>,
+    pub exits: tokio::sync::watch::Sender<u64>,
+}
+
+pub type Shared = Arc<SharedState>;
+
+impl SharedState {
+    pub fn new() -> Shared {
+        Arc::new(Self { state: Mutex::new(State::default()), exits: tokio::sync::watch::Sender::new(0) })
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock means a panic elsewhere; the state is still the best we have.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// Reaped children arrive from containerd-shim's reaper (SIGCHLD → waitpid);
 /// match them to our processes. Processes are started with the state locked
@@ -100,13 +116,9 @@ pub fn spawn_exit_watcher(state: Shared, events: EventSender) {
     let spawned = hybrid_runtime::fork_guard::spawn("exits".into(), move || {
         for ExitEvent { subject, exit_code } in subscription.rx.iter() {
             let Subject::Pid(pid) = subject else { continue };
-            let (lock, cvar) = &*state;
-            let recorded = {
-                let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
-                record_exit(&mut st, pid, exit_code, &events)
-            };
+            let recorded = record_exit(&mut state.lock(), pid, exit_code, &events);
             let Some(exited) = recorded else { continue };
-            cvar.notify_all();
+            state.exits.send_modify(|n| *n = n.wrapping_add(1));
             if let ExitedProc::Init { bundle } = exited {
                 // A task whose init exited can only be deleted: its rootfs
                 // is unmounted now, while containerd takes the exit to its
@@ -135,8 +147,7 @@ pub fn learn_cgroups(state: &Shared, id: &str, warmup: CgroupWarmup) {
             Ok(learned) => learned,
             Err(e) => return tracing::debug!(id = %id, "cannot learn the container's cgroups ahead: {e}"),
         };
-        let mut st = state.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(entry) = st.containers.get_mut(&id) {
+        if let Some(entry) = state.lock().containers.get_mut(&id) {
             entry.container.keep_learned(learned);
         }
     });
