@@ -114,13 +114,24 @@ fn install_termination_handlers() {
     }
 }
 
-/// Do what execve would: close every descriptor marked close-on-exec.
+/// Do what execve would: close the descriptors marked close-on-exec.
 /// libcontainer marks all it inherited from the shim (its sockets, pipes)
-/// and, for an exec, waits for the close of one of them to know the process
-/// is running; the guest opens its own files afterwards. `keep` are ours:
-/// the OOM pipe and the module's compile cache entry.
+/// and, for an exec, waits for the close of one of them (its exec-notify
+/// pipe) to know the process is running; the guest opens its own files
+/// afterwards. `keep` are ours: the OOM pipe and the module's compile
+/// cache entry. Where /proc is gone (a wasm container: see guest_mounts)
+/// the process cannot list its descriptors, so everything above stdio but
+/// `keep` is closed, marked or not: a guest reaches none of them (WASI
+/// knows its stdio and preopens only). Listing nothing there once left an
+/// exec's pipe open: its Start, and the shim's other calls with it, waited
+/// for the exec'd module to end.
 fn close_cloexec_fds(keep: &[Option<RawFd>]) {
-    for fd in crate::fds::open_above_stdio().into_iter().filter(|&fd| !keep.contains(&Some(fd))) {
+    let listed = crate::fds::open_above_stdio();
+    if listed.is_empty() {
+        close_all_above_stdio_but(keep);
+        return;
+    }
+    for fd in listed.into_iter().filter(|&fd| !keep.contains(&Some(fd))) {
         // SAFETY: F_GETFD only reads the descriptor's flags; a stale number (the
         // read_dir handle itself, now closed) just fails with EBADF.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -130,6 +141,30 @@ fn close_cloexec_fds(keep: &[Option<RawFd>]) {
             unsafe { libc::close(fd) };
         }
     }
+}
+
+/// Close every descriptor above stderr except `keep`, with close_range
+/// over the gaps between the kept ones.
+fn close_all_above_stdio_but(keep: &[Option<RawFd>]) {
+    let mut kept: Vec<u32> = keep.iter().flatten().filter_map(|&fd| u32::try_from(fd).ok()).filter(|&fd| fd > 2).collect();
+    kept.sort_unstable();
+    kept.dedup();
+    let mut first = 3u32;
+    let close = |from: u32, to: u32| {
+        // SAFETY: close_range closes this single-threaded process's
+        // descriptors in [from, to], none of which anything in it uses any
+        // more; no memory is passed.
+        if from <= to && unsafe { libc::close_range(from, to, 0) } != 0 {
+            tracing::warn!("cannot close descriptors {from} to {to}: {}", std::io::Error::last_os_error());
+        }
+    };
+    for fd in kept {
+        if fd > first {
+            close(first, fd - 1);
+        }
+        first = fd + 1;
+    }
+    close(first, u32::MAX);
 }
 
 /// The process never execs, so without this `ps` and `top` would show it

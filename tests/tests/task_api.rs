@@ -139,6 +139,24 @@ fn exec_of_a_wasm_module_in_a_wasm_container_reports_its_exit_code() {
     assert!(!ran.stdout.trim().is_empty(), "the exec'd module's output reaches ctr: {ran:?}");
 }
 
+/// A wasm exec that runs on (a module that sleeps a minute) into a wasm
+/// container: its Start answers as the module starts, not as it ends, and
+/// the shim answers meanwhile. The module's process never execs and, in a
+/// wasm container (no /proc), cannot list its descriptors: one it kept was
+/// libcontainer's exec-notify pipe, whose reader held up the exec's Start
+/// (with the shim's state, and so every other call) until the module ended.
+#[test]
+fn a_long_wasm_exec_into_a_wasm_container_starts_and_leaves_the_shim_answering() {
+    let env = env();
+    let task = Running::start(env, &two_module_image(), &[]);
+    let started = env.ctr_out_within(Duration::from_secs(20), &["task", "exec", "--detach", "--exec-id", "s1", &task.id, "/sleep.wat"]);
+    assert_eq!(started.code, 0, "the exec's Start answers while the module runs: {started:?}");
+    let ps = env.ctr_out_within(Duration::from_secs(10), &["task", "ps", &task.id]);
+    assert_eq!(ps.code, 0, "the shim answers while the exec runs: {ps:?}");
+    let pids = ps.stdout.lines().skip(1).filter(|l| !l.trim().is_empty()).count();
+    assert_eq!(pids, 2, "the init and the exec run: {ps:?}");
+}
+
 #[test]
 fn exec_of_a_missing_entrypoint_fails_naming_it() {
     let env = env();
