@@ -84,6 +84,35 @@ series "" "" "" ""
 echo "rounds: $rounds (alternating)"
 report ""
 
+# Where the time goes: more rounds of each, alternating, traced with perf's
+# sched tracepoints (cheap: process exec and exit only) and split by
+# bench/phases.awk into containerd's and ctr's part before the shim's first
+# exec, the runtime's part (its shim's start to the exit of the `delete`
+# cleanup containerd runs and waits for), and containerd's and ctr's part
+# after. Needs perf (Debian's linux-perf); HYBRID_BENCH_PHASE_ROUNDS=0 skips.
+phase_rounds=${HYBRID_BENCH_PHASE_ROUNDS:-10}
+if [ "$phase_rounds" -gt 0 ] && command -v perf >/dev/null; then
+  traced() { # out-file ctr-run-args...
+    local out=$1; shift
+    perf record -q -a -e sched:sched_process_exec -e sched:sched_process_exit -o "$state/perf.data" \
+      -- ctr --address "$CONTAINERD_ADDRESS" run --rm "$@" >/dev/null 2>&1
+    perf script -i "$state/perf.data" -F comm,pid,tid,time,event,trace 2>/dev/null | awk -f bench/phases.awk >>"$out"
+  }
+  : >"$state/phases.a"; : >"$state/phases.b"
+  for i in $(seq 1 "$phase_rounds"); do
+    traced "$state/phases.a" --runtime io.containerd.hybrid.v2 "$hello" "pa-$i" /hello.wasm
+    traced "$state/phases.b" --runtime io.containerd.runc.v2 "$busybox" "pb-$i" echo hi
+  done
+  column_median() { awk -v c="$1" '{print $c}' "$2" | median; }
+  echo "where the time goes (medians of $phase_rounds traced rounds, ms): before the shim, the runtime's part, after, total"
+  for run in a b; do
+    name=$([ $run = a ] && echo "hybrid" || echo "runc  ")
+    echo "$name  $(column_median 1 "$state/phases.$run")  $(column_median 2 "$state/phases.$run")  $(column_median 3 "$state/phases.$run")  $(column_median 4 "$state/phases.$run")"
+  done
+  awk -v a="$(column_median 2 "$state/phases.a")" -v b="$(column_median 2 "$state/phases.b")" \
+    'BEGIN {printf "ratio of the runtime parts hybrid/runc  %.2f\n", a/b}'
+fi
+
 # In a pod: the same runs, each joining a group whose shim is already up (a
 # sleeper keeps it), as a container of a running Kubernetes pod starts. Each
 # runtime groups by its own annotation; runwasi by CRI's sandbox id.
