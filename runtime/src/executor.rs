@@ -119,16 +119,18 @@ fn install_termination_handlers() {
 /// and, for an exec, waits for the close of one of them (its exec-notify
 /// pipe) to know the process is running; the guest opens its own files
 /// afterwards. `keep` are ours: the OOM pipe and the module's compile
-/// cache entry. Where /proc is gone (a wasm container: see guest_mounts)
+/// cache entry; and a shim's runtime's (see fds::keep_in_clones). Where /proc is gone (a wasm container: see guest_mounts)
 /// the process cannot list its descriptors, so everything above stdio but
 /// `keep` is closed, marked or not: a guest reaches none of them (WASI
 /// knows its stdio and preopens only). Listing nothing there once left an
 /// exec's pipe open: its Start, and the shim's other calls with it, waited
 /// for the exec'd module to end.
 fn close_cloexec_fds(keep: &[Option<RawFd>]) {
+    let kept = crate::fds::kept_in_clones();
+    let keep: Vec<Option<RawFd>> = keep.iter().copied().chain(kept.iter().map(|&fd| Some(fd))).collect();
     let listed = crate::fds::open_above_stdio();
     if listed.is_empty() {
-        close_all_above_stdio_but(keep);
+        close_all_above_stdio_but(&keep);
         return;
     }
     for fd in listed.into_iter().filter(|&fd| !keep.contains(&Some(fd))) {

@@ -4,10 +4,29 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
+/// Descriptors a wasm process cloned from this one keeps (see
+/// [`keep_in_clones`]).
+static KEPT_IN_CLONES: std::sync::OnceLock<Vec<RawFd>> = std::sync::OnceLock::new();
+
+/// Have wasm processes cloned from this process keep `fds`, the
+/// descriptors of its tokio runtime (the serving shim's ttrpc runtime).
+/// Cloned without the spawner (it was killed, or HYBRID_SPAWNER=off), such
+/// a process inherits that runtime's process-wide state, tokio's signal
+/// pipe among it, and its own runtime (wasmtime-wasi's) uses that state:
+/// with the descriptors closed it fails (EBADF). The spawner is forked
+/// before the runtime exists, so what it clones inherits neither.
+pub fn keep_in_clones(fds: Vec<RawFd>) {
+    let _ = KEPT_IN_CLONES.set(fds);
+}
+
+pub(crate) fn kept_in_clones() -> &'static [RawFd] {
+    KEPT_IN_CLONES.get().map(Vec::as_slice).unwrap_or_default()
+}
+
 /// This process's open descriptors above stderr, read from /proc/self/fd.
 /// The listing's own descriptor is among them, closed by the time this
 /// returns: closing or inspecting it fails harmlessly with EBADF.
-pub(crate) fn open_above_stdio() -> Vec<RawFd> {
+pub fn open_above_stdio() -> Vec<RawFd> {
     std::fs::read_dir("/proc/self/fd")
         .map(|dir| dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter(|&fd| fd > 2).collect())
         .unwrap_or_default()
