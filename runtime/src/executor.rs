@@ -119,9 +119,10 @@ fn install_termination_handlers() {
 /// and, for an exec, waits for the close of one of them (its exec-notify
 /// pipe) to know the process is running; the guest opens its own files
 /// afterwards. `keep` are ours: the OOM pipe and the module's compile
-/// cache entry; and a shim's runtime's (see fds::keep_in_clones). Where /proc is gone (a wasm container: see guest_mounts)
-/// the process cannot list its descriptors, so everything above stdio but
-/// `keep` is closed, marked or not: a guest reaches none of them (WASI
+/// cache entry; and a shim's runtime's (see fds::keep_in_clones). Where
+/// /proc is gone (a wasm container: see guest_mounts) the process cannot
+/// list its descriptors, so everything above stdio but `keep` is closed,
+/// marked or not: a guest reaches none of them (WASI
 /// knows its stdio and preopens only). Listing nothing there once left an
 /// exec's pipe open: its Start, and the shim's other calls with it, waited
 /// for the exec'd module to end.

@@ -19,6 +19,20 @@ pub fn keep_in_clones(fds: Vec<RawFd>) {
     let _ = KEPT_IN_CLONES.set(fds);
 }
 
+/// Run `open`, and answer what it returned with the descriptors it left
+/// open (those listed after it and not before; the listing's own
+/// descriptor, closed by then, is told apart by F_GETFD failing).
+pub fn opened_by<T>(open: impl FnOnce() -> T) -> (T, Vec<RawFd>) {
+    let before = open_above_stdio();
+    let opened = open();
+    let fds = open_above_stdio()
+        .into_iter()
+        // SAFETY: F_GETFD only reads a descriptor's flags.
+        .filter(|fd| !before.contains(fd) && unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0)
+        .collect();
+    (opened, fds)
+}
+
 pub(crate) fn kept_in_clones() -> &'static [RawFd] {
     KEPT_IN_CLONES.get().map(Vec::as_slice).unwrap_or_default()
 }

@@ -59,23 +59,18 @@ pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: Unix
     let mut shim = HybridShim::new(runtime_id, flags, &mut config);
     let publisher = RemotePublisher::new(&ttrpc_address)?;
     let task = create_task(Arc::new(AsyncTaskService::new(shim.task_service(publisher))));
-    let before = hybrid_runtime::fds::open_above_stdio();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("ttrpc")
-        .thread_keep_alive(CALL_THREAD_IDLE)
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| Error::Other(format!("cannot start the ttrpc runtime: {e}")))?;
-    // A wasm process cloned from this one without the spawner keeps them
-    // (see hybrid_runtime::fds::keep_in_clones). The listing's own
-    // descriptor is closed by now: F_GETFD tells it apart.
-    let runtime_fds = hybrid_runtime::fds::open_above_stdio()
-        .into_iter()
-        // SAFETY: F_GETFD only reads a descriptor's flags.
-        .filter(|fd| !before.contains(fd) && unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0)
-        .collect();
+    // A wasm process cloned from this one without the spawner keeps the
+    // runtime's descriptors (see hybrid_runtime::fds::keep_in_clones).
+    let (runtime, runtime_fds) = hybrid_runtime::fds::opened_by(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ttrpc")
+            .thread_keep_alive(CALL_THREAD_IDLE)
+            .enable_io()
+            .enable_time()
+            .build()
+    });
+    let runtime = runtime.map_err(|e| Error::Other(format!("cannot start the ttrpc runtime: {e}")))?;
     hybrid_runtime::fds::keep_in_clones(runtime_fds);
     let mut server = runtime.block_on(async {
         let listen_err = |e: std::io::Error| Error::Other(format!("cannot serve on {}: {e}", flags.socket));
