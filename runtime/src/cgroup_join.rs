@@ -16,13 +16,15 @@
 //! container's join.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use libcgroups::common::CgroupSetup;
+use libcgroups::common::{CgroupManager, CgroupSetup, ControllerOpt};
 use libcgroups::v1::ControllerType;
+use oci_spec::runtime::LinuxResources;
+use serde::{Deserialize, Serialize};
 
 /// The shim's own `cgroup.procs`, found once (None: no cgroup to rejoin).
 static OWN_PROCS: OnceLock<Option<PathBuf>> = OnceLock::new();
@@ -61,6 +63,11 @@ impl Drop for JoinWindow {
 /// Open a window that closes by itself after `longest`: for a shim that
 /// has just started and is about to be sent its first Create.
 pub fn open_window_for(longest: Duration) {
+    // Where a wasm container joins without the lock, the window's thread
+    // would only hold the cgroup mutex through its wait, and the join with it.
+    if own_join_possible() {
+        return;
+    }
     keep_lock_warm(longest, Arc::new(AtomicBool::new(false)));
 }
 
@@ -69,6 +76,10 @@ pub fn open_window_for(longest: Duration) {
 /// whose container's Create follows within milliseconds. Only for a
 /// single-threaded process (the child runs in a copy of its memory).
 pub fn start_grace_period_in_child() {
+    // See open_window_for.
+    if own_join_possible() {
+        return;
+    }
     // SAFETY: the caller is single-threaded (see above), so the child's
     // copy of its memory holds no lock of a thread missing there.
     match unsafe { nix::unistd::fork() } {
@@ -138,6 +149,180 @@ fn own_cgroup_procs() -> Option<PathBuf> {
     Some(mount.join(pathname.trim_start_matches('/')).join("cgroup.procs"))
 }
 
+// On a cgroup v1 host a process can join a cgroup without that lock: a
+// thread that writes "0" (itself) to a hierarchy's `tasks` moves only
+// itself, and the kernel takes the lock only to move a whole thread group
+// or another task (0.2 ms where `cgroup.procs` waited 8 ms, median, on the
+// test machine). So for a wasm container the shim makes the cgroups and
+// applies the spec's resources ([`OwnJoin::prepare`]), and the creator,
+// single-threaded, joins them that way before libcontainer runs
+// ([`OwnJoin::run`]): its intermediate and init processes are born inside.
+// libcontainer's intermediate would still write its pid (and take the
+// lock): the creator detaches the v1 hierarchies from a mount namespace of
+// its own, so that libcontainer finds none to join, and the spec
+// libcontainer reads has no resources to apply there. The cgroup mounts a
+// native container shows inside are libcontainer's, made from that same
+// listing: native creates keep libcontainer's join (and the window above).
+
+/// The controllers libcgroups manages on cgroup v1.
+const V1_CONTROLLERS: [ControllerType; 12] = [
+    ControllerType::Cpu,
+    ControllerType::CpuAcct,
+    ControllerType::CpuSet,
+    ControllerType::Devices,
+    ControllerType::HugeTlb,
+    ControllerType::Memory,
+    ControllerType::Pids,
+    ControllerType::PerfEvent,
+    ControllerType::Blkio,
+    ControllerType::NetworkPriority,
+    ControllerType::NetworkClassifier,
+    ControllerType::Freezer,
+];
+
+/// The `tasks` files a wasm container's creator writes itself into.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OwnJoin {
+    tasks: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OwnJoinError {
+    #[error("cgroup {path:?}: cannot {action}: {source}")]
+    Io { path: PathBuf, action: &'static str, source: std::io::Error },
+    #[error("cannot list the cgroup v1 hierarchies: {0}")]
+    Hierarchies(String),
+    #[error("cgroups path {path:?}: cannot apply the spec's resources: {message}")]
+    Apply { path: PathBuf, message: String },
+}
+
+/// Whether a wasm container's creator joins its cgroups itself: on a
+/// cgroup v1 host (legacy or hybrid), where `tasks` exists.
+pub fn own_join_possible() -> bool {
+    static V1: OnceLock<bool> = OnceLock::new();
+    *V1.get_or_init(|| {
+        matches!(libcgroups::common::get_cgroup_setup(), Ok(CgroupSetup::Legacy) | Ok(CgroupSetup::Hybrid))
+    })
+}
+
+impl OwnJoin {
+    /// In the shim: make the container's cgroups at `cgroups_path` and
+    /// apply `resources`; answers the join for the creator, and the cgroup
+    /// manager the container keeps (it need not be learned again).
+    pub fn prepare(
+        cgroups_path: &Path,
+        resources: Option<&LinuxResources>,
+    ) -> Result<(Self, libcgroups::v1::Manager), OwnJoinError> {
+        let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
+        let mut tasks = Vec::new();
+        for (controller, mount) in hierarchies()? {
+            let dir = mount.join(relative);
+            let file = dir.join("tasks");
+            // Hierarchies mounted together (cpu,cpuacct) share a directory.
+            if tasks.contains(&file) {
+                continue;
+            }
+            std::fs::create_dir_all(&dir).map_err(|source| OwnJoinError::Io { path: dir.clone(), action: "create", source })?;
+            if *controller == ControllerType::CpuSet {
+                // A new cpuset has no cpus and no memory nodes, and takes no
+                // task until it has: its parents' (as libcgroups does).
+                for name in ["cpuset.cpus", "cpuset.mems"] {
+                    inherit_if_empty(&dir, name)?;
+                }
+            }
+            tasks.push(file);
+        }
+        let apply_err = |message: String| OwnJoinError::Apply { path: cgroups_path.to_path_buf(), message };
+        let manager = libcgroups::v1::Manager::new(cgroups_path).map_err(|e| apply_err(e.to_string()))?;
+        if let Some(resources) = resources {
+            let opt = ControllerOpt { resources, disable_oom_killer: false, oom_score_adj: None, freezer_state: None };
+            manager.apply(&opt).map_err(|e| apply_err(e.to_string()))?;
+        }
+        Ok((Self { tasks }, manager))
+    }
+
+    /// In the creator: join the cgroups and hide the hierarchies from
+    /// libcontainer (see above). Moves the calling thread only: call in a
+    /// single-threaded process that makes the container.
+    pub(crate) fn run(&self) -> Result<(), OwnJoinError> {
+        for file in &self.tasks {
+            std::fs::write(file, "0").map_err(|source| OwnJoinError::Io { path: file.clone(), action: "join", source })?;
+        }
+        // Best effort: a hierarchy left in view only costs libcontainer's
+        // slow join of a process that is there already.
+        if let Err(e) = detach_hierarchies() {
+            tracing::debug!("cgroup hierarchies stay in view: {e}");
+        }
+        Ok(())
+    }
+}
+
+/// Each v1 controller this process is in, with its hierarchy's mount
+/// point (from the mount's own options: where the kernel says it is);
+/// found once (mounts and this process's cgroups stay).
+fn hierarchies() -> Result<&'static [(ControllerType, PathBuf)], OwnJoinError> {
+    static FOUND: OnceLock<Result<Vec<(ControllerType, PathBuf)>, String>> = OnceLock::new();
+    let found = FOUND.get_or_init(|| {
+        let myself = procfs::process::Process::myself().map_err(|e| e.to_string())?;
+        let own = myself.cgroups().map_err(|e| e.to_string())?.0;
+        let mounts = myself.mountinfo().map_err(|e| e.to_string())?.0;
+        let mut found = Vec::new();
+        for controller in V1_CONTROLLERS {
+            let name = controller.to_string();
+            if !own.iter().any(|c| c.controllers.contains(&name)) {
+                continue;
+            }
+            let mount = mounts.iter().find(|m| m.fs_type == "cgroup" && m.super_options.contains_key(&name));
+            if let Some(mount) = mount {
+                found.push((controller, mount.mount_point.clone()));
+            }
+        }
+        Ok(found)
+    });
+    found.as_deref().map_err(|e| OwnJoinError::Hierarchies(e.clone()))
+}
+
+/// Give `dir`'s `file` its parent's value when it is empty, the parent
+/// first filled the same way (the directories just made are all empty).
+fn inherit_if_empty(dir: &Path, file: &str) -> Result<(), OwnJoinError> {
+    let path = dir.join(file);
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| OwnJoinError::Io { path: path.to_path_buf(), action: "read", source })
+    };
+    if !read(&path)?.trim().is_empty() {
+        return Ok(());
+    }
+    let Some(parent) = dir.parent().filter(|p| p.join(file).exists()) else { return Ok(()) };
+    inherit_if_empty(parent, file)?;
+    let value = read(&parent.join(file))?;
+    std::fs::write(&path, value.trim()).map_err(|source| OwnJoinError::Io { path, action: "write", source })
+}
+
+/// Detach the cgroup v1 hierarchies in a mount namespace of this process's
+/// own, a copy of the host's that passes nothing back to it. One detach of
+/// the whole cgroup root and a fresh tmpfs there (each unmount waits for
+/// the kernel, about 60 us): libcontainer still sees a v1 host, with no
+/// hierarchy in it.
+fn detach_hierarchies() -> Result<(), String> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let root = libcgroups::common::DEFAULT_CGROUP_ROOT;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| format!("cannot unshare the mount namespace: {e}"))?;
+    // A slave of the host's mounts: what is done below stays here.
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .map_err(|e| format!("cannot make the mounts slaves: {e}"))?;
+    umount2(root, MntFlags::MNT_DETACH).map_err(|e| format!("cannot detach {root}: {e}"))?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("tmpfs"), root, Some("tmpfs"), flags, Some("mode=755")).map_err(|e| format!("cannot mount a tmpfs on {root}: {e}"))
+}
+
+/// Remove the cgroups of a create that failed after [`OwnJoin::prepare`]
+/// (libcontainer's cleanup ran where the hierarchies were hidden).
+pub fn remove_own_join(manager: &libcgroups::v1::Manager) {
+    if let Err(e) = manager.remove() {
+        tracing::warn!("cannot remove the cgroups of a failed create: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +335,42 @@ mod tests {
         let listed = std::fs::read_to_string(&procs).expect("readable cgroup.procs");
         let pid = std::process::id().to_string();
         assert!(listed.lines().any(|line| line == pid), "{procs:?} does not list {pid}");
+    }
+
+    #[test]
+    fn the_hierarchies_found_hold_this_process() {
+        if !own_join_possible() {
+            return;
+        }
+        // Every v1 host has a memory hierarchy; each one found is mounted
+        // and lists this process in the cgroup /proc/self/cgroup names.
+        let found = hierarchies().expect("the v1 hierarchies");
+        assert!(found.iter().any(|(c, _)| *c == ControllerType::Memory), "{found:?}");
+        let own = procfs::process::Process::myself().unwrap().cgroups().unwrap().0;
+        let pid = std::process::id().to_string();
+        for (controller, mount) in found {
+            let entry = own.iter().find(|c| c.controllers.contains(&controller.to_string())).expect("listed");
+            let procs = mount.join(entry.pathname.trim_start_matches('/')).join("cgroup.procs");
+            let listed = std::fs::read_to_string(&procs).unwrap_or_default();
+            assert!(listed.lines().any(|l| l == pid), "{procs:?} does not list {pid}");
+        }
+    }
+
+    #[test]
+    fn an_empty_cpuset_file_takes_the_first_filled_parents_value() {
+        let root = tempfile::tempdir().unwrap();
+        let parent = root.path().join("a");
+        let child = parent.join("b");
+        std::fs::create_dir_all(&child).unwrap();
+        std::fs::write(root.path().join("cpuset.cpus"), "0-3\n").unwrap();
+        std::fs::write(parent.join("cpuset.cpus"), "\n").unwrap();
+        std::fs::write(child.join("cpuset.cpus"), "").unwrap();
+        inherit_if_empty(&child, "cpuset.cpus").unwrap();
+        assert_eq!(std::fs::read_to_string(parent.join("cpuset.cpus")).unwrap(), "0-3");
+        assert_eq!(std::fs::read_to_string(child.join("cpuset.cpus")).unwrap(), "0-3");
+        // A filled file is left as it is.
+        std::fs::write(child.join("cpuset.cpus"), "1").unwrap();
+        inherit_if_empty(&child, "cpuset.cpus").unwrap();
+        assert_eq!(std::fs::read_to_string(child.join("cpuset.cpus")).unwrap(), "1");
     }
 }

@@ -58,6 +58,8 @@ pub(crate) enum CloneJob {
         http_port: u16,
         /// Index of the out-of-memory pipe's write end, for a wasm init.
         oom_notify: Option<usize>,
+        /// The cgroups this process joins itself before libcontainer runs.
+        own_join: Option<crate::cgroup_join::OwnJoin>,
     },
     /// Start an exec in a running container.
     Exec { id: String, state_root: PathBuf, process_file: PathBuf, process: JobProcess },
@@ -71,7 +73,10 @@ impl CloneJob {
     pub(crate) fn run(self, fds: Vec<OwnedFd>) -> Result<i32, String> {
         let fd = |index: usize| fds.get(index).map(AsRawFd::as_raw_fd).ok_or_else(|| format!("descriptor {index} was not sent"));
         match self {
-            CloneJob::Create { id, bundle, state_root, process, http_port, oom_notify } => {
+            CloneJob::Create { id, bundle, state_root, process, http_port, oom_notify, own_join } => {
+                if let Some(join) = &own_join {
+                    join.run().map_err(|e| e.to_string())?;
+                }
                 let mut executor = process.executor().with_http_port(http_port);
                 if let Some(index) = oom_notify {
                     executor = executor.with_oom_notify(fd(index)?);

@@ -201,8 +201,10 @@ impl HybridContainer {
     pub fn create_with_image_port(config: &ContainerConfig, workload: Workload, image_port: Option<u16>) -> Result<Self, ContainerError> {
         // The init process joins its cgroups some milliseconds from now:
         // start the kernel's wait for that now, and keep it from coming
-        // back until the container exists (see cgroup_join.rs).
-        let _join_window = crate::cgroup_join::JoinWindow::for_request();
+        // back until the container exists (see cgroup_join.rs). Not for a
+        // wasm container on a cgroup v1 host: its creator joins without it.
+        let own_join = workload.kind.is_wasm() && crate::cgroup_join::own_join_possible();
+        let _join_window = (!own_join).then(crate::cgroup_join::JoinWindow::for_request);
         let view = SpecView::load(&config.bundle);
         // Compile before the container exists: a bad module fails Create,
         // and the cache makes every later start load machine code only.
@@ -241,9 +243,14 @@ impl HybridContainer {
             source: e,
         })?;
         let is_wasm = workload.kind.is_wasm();
+        // A wasm container's creator joins its cgroups itself where it can
+        // (see cgroup_join.rs); the shim makes them and applies the spec's
+        // resources just before, and libcontainer does not see those.
+        let own_join = spec.as_ref().and_then(|s| s.linux().as_ref()).filter(|_| is_wasm && crate::cgroup_join::own_join_possible());
+        let own_join = own_join.map(|linux| (libcontainer::utils::get_cgroup_path(linux.cgroups_path(), &id), linux.resources().clone()));
         if let Some(spec) = &spec {
             let narrowed = match is_wasm {
-                true => crate::guest_mounts::narrow_bundle(&config.bundle, spec)?,
+                true => crate::guest_mounts::narrow_bundle(&config.bundle, spec, own_join.is_some())?,
                 false => None,
             };
             crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle, narrowed.as_ref().unwrap_or(spec))?;
@@ -271,6 +278,13 @@ impl HybridContainer {
         let owner = LogOwner { id: id.clone(), namespace: config.namespace.clone() };
         let (process, console_socket) =
             JobProcess::prepare(workload, compiled, wasm_memory.get(), terminal, &config.stdio, &owner, &mut fds)?;
+        let prepared = match &own_join {
+            Some((path, resources)) => Some(
+                crate::cgroup_join::OwnJoin::prepare(path, resources.as_ref())
+                    .map_err(|e| ContainerError::Cgroup { id: id.clone(), message: e.to_string() })?,
+            ),
+            None => None,
+        };
         let job = CloneJob::Create {
             id: id.clone(),
             bundle: config.bundle.clone(),
@@ -278,9 +292,23 @@ impl HybridContainer {
             process,
             http_port,
             oom_notify,
+            own_join: prepared.as_ref().map(|(join, _)| join.clone()),
         };
-        job.run_cleanly(fds).map_err(|message| ContainerError::Job { id: id.clone(), action: "create", message })?;
+        if let Err(message) = job.run_cleanly(fds) {
+            if let Some((_, manager)) = &prepared {
+                crate::cgroup_join::remove_own_join(manager);
+            }
+            return Err(ContainerError::Job { id: id.clone(), action: "create", message });
+        }
         let mut container = Self::load(&config.state_root, &id)?;
+        if let (Some((_, manager)), Some((path, _))) = (prepared, &own_join) {
+            // The manager that applied the resources is the one Stats,
+            // the exit and Delete use: nothing is left to learn.
+            let poststop = spec.as_ref().and_then(|s| s.hooks().as_ref()).and_then(|h| h.poststop().as_ref()).is_some_and(|h| !h.is_empty());
+            let teardown = Teardown { oom_file: oom_kill_file(path), plain: !poststop };
+            let init_pid = container.pid();
+            container.keep_learned(LearnedCgroups { init_pid, manager: manager.any(), teardown });
+        }
         let console = match console_socket {
             Some(socket) => match socket.receive_master().and_then(|m| Console::start(m, &config.stdio, &id)) {
                 Ok(console) => Some(console),
@@ -425,8 +453,12 @@ impl HybridContainer {
     /// What the shim learns off the request path once the container has
     /// started (see [`CgroupWarmup`]); hand the answer to
     /// [`keep_learned`](Self::keep_learned).
-    pub fn cgroup_warmup(&self) -> CgroupWarmup {
-        CgroupWarmup { id: self.id.clone(), state_dir: self.state_dir(), init_pid: self.pid() }
+    /// None when it is known already (made at Create).
+    pub fn cgroup_warmup(&self) -> Option<CgroupWarmup> {
+        if self.teardown.is_some() {
+            return None;
+        }
+        Some(CgroupWarmup { id: self.id.clone(), state_dir: self.state_dir(), init_pid: self.pid() })
     }
 
     /// Keep what [`CgroupWarmup::learn`] found, unless it is of another

@@ -56,9 +56,20 @@ pub fn without_kernel_filesystems(spec: &Spec) -> Option<Spec> {
 }
 
 /// Rewrite the bundle's config.json for a wasm container (see the module
-/// comment); the spec written, or None when `spec` needed no change.
-pub fn narrow_bundle(bundle: &Path, spec: &Spec) -> Result<Option<Spec>, GuestMountsError> {
-    let Some(narrowed) = without_kernel_filesystems(spec) else { return Ok(None) };
+/// comment), without its resources too when `resources_applied` (its
+/// creator applies them: cgroup_join::OwnJoin); the spec written, or None
+/// when `spec` needed no change.
+pub fn narrow_bundle(bundle: &Path, spec: &Spec, resources_applied: bool) -> Result<Option<Spec>, GuestMountsError> {
+    let mut narrowed = without_kernel_filesystems(spec);
+    if resources_applied && spec.linux().as_ref().is_some_and(|l| l.resources().is_some()) {
+        let mut without = narrowed.unwrap_or_else(|| spec.clone());
+        if let Some(mut linux) = without.linux().clone() {
+            linux.set_resources(None);
+            without.set_linux(Some(linux));
+        }
+        narrowed = Some(without);
+    }
+    let Some(narrowed) = narrowed else { return Ok(None) };
     let path = bundle.join("config.json");
     narrowed.save(&path).map_err(|e| GuestMountsError::Save { path, message: e.to_string() })?;
     Ok(Some(narrowed))

@@ -164,7 +164,9 @@ impl TaskService {
             entry.init.started = true;
             let pid = entry.init.pid;
             self.events.send(TASK_START_EVENT_TOPIC, TaskStart { container_id: req.id.clone(), pid, ..Default::default() });
-            crate::state::learn_cgroups(&self.state, &req.id, entry.container.cgroup_warmup());
+            if let Some(warmup) = entry.container.cgroup_warmup() {
+                crate::state::learn_cgroups(&self.state, &req.id, warmup);
+            }
             return Ok(api::StartResponse { pid, ..Default::default() });
         }
         if !entry.init.running() {

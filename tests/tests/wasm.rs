@@ -118,6 +118,47 @@ fn a_memory_bomb_is_contained_with_an_oom_exit_and_event() {
 }
 
 #[test]
+fn a_wasm_container_is_in_its_cgroups_with_the_specs_limits() {
+    // On a cgroup v1 host the creator joins these cgroups itself and the
+    // shim applies the limits (runtime's cgroup_join.rs), not libcontainer:
+    // the guest must end up in the same place with the same limits.
+    let env = env();
+    let id = unique_id("cgjoin");
+    let limits = ["--memory-limit", "67108864", "--cpu-quota", "50000", "--cpu-period", "100000"];
+    let run = env.ctr_out(&[&["run", "-d", "--runtime", HYBRID_RUNTIME][..], &limits, &[&image("sleep-wat"), &id]].concat());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(env.wait_for_status(&id, "RUNNING", Duration::from_secs(30)), "task {id} never ran");
+    let ps = env.ctr_out(&["task", "ps", &id]);
+    let pid: i32 = ps.stdout.lines().nth(1).and_then(|l| l.split_whitespace().next()?.parse().ok()).expect("the init's pid");
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("the guest's cgroups");
+    let suffix = format!("/{id}");
+    for controller in ["memory", "cpu", "pids"] {
+        // v1: a line per hierarchy; v2: the one unified line.
+        let line = own.lines().find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == controller)));
+        let line = line.or_else(|| own.lines().find(|l| l.starts_with("0::"))).expect("a cgroup line");
+        assert!(line.ends_with(&suffix), "the guest is in {id}'s {controller} cgroup: {own}");
+    }
+    let dirs = cgroups_named(&id);
+    let read = |file: &str| dirs.iter().find_map(|d| std::fs::read_to_string(d.join(file)).ok()).map(|v| v.trim().to_string());
+    match read("memory.limit_in_bytes") {
+        Some(limit) => {
+            assert_eq!(limit, "67108864", "v1 memory limit");
+            assert_eq!(read("cpu.cfs_quota_us").as_deref(), Some("50000"), "v1 cpu quota");
+        }
+        None => {
+            assert_eq!(read("memory.max").as_deref(), Some("67108864"), "v2 memory limit");
+            assert_eq!(read("cpu.max").as_deref(), Some("50000 100000"), "v2 cpu quota");
+        }
+    }
+    let kill = env.ctr_out(&["task", "kill", "-s", "SIGKILL", &id]);
+    assert_eq!(kill.code, 0, "{kill:?}");
+    assert!(env.wait_for_status(&id, "STOPPED", Duration::from_secs(10)), "task {id} did not stop");
+    assert_eq!(env.ctr_out(&["task", "rm", &id]).code, 0);
+    assert_eq!(env.ctr_out(&["container", "rm", &id]).code, 0);
+    assert_eq!(cgroups_named(&id), Vec::<std::path::PathBuf>::new(), "cgroups left");
+}
+
+#[test]
 fn hybrid_wasm_run_gives_args_env_dirs_and_the_exit_code() {
     let dir = repo_root().join("wasm-examples/hello-rust");
     let out = std::process::Command::new(hybrid_bin())
