@@ -162,8 +162,11 @@ fn group_of(bundle: &Path) -> Option<String> {
 fn init_logging(debug: bool) {
     use std::os::unix::fs::OpenOptionsExt;
     let level = if debug { "debug" } else { "info" };
+    // libcgroups' v1 manager warns of every controller the host lacks
+    // (hugetlb, perf_event, net_cls, net_prio here) each time one is made:
+    // four lines per container in containerd's log, saying nothing new.
     let filter = tracing_subscriber::EnvFilter::try_from_env("HYBRID_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},libcgroups::v1::manager=error")));
     let fifo = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK)
