@@ -241,6 +241,21 @@ impl OwnJoin {
         Ok((Self { tasks }, manager))
     }
 
+    /// In the shim: the join of an exec into the container whose cgroups
+    /// are at `cgroups_path`, made already. None when one of them is
+    /// missing: libcontainer's join then makes it, as it always did.
+    pub fn existing(cgroups_path: &Path) -> Option<Self> {
+        let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
+        let mut tasks: Vec<PathBuf> = Vec::new();
+        for (_, mount) in hierarchies().ok()? {
+            let file = mount.join(relative).join("tasks");
+            if !tasks.contains(&file) {
+                tasks.push(file);
+            }
+        }
+        tasks.iter().all(|file| file.exists()).then_some(Self { tasks })
+    }
+
     /// In the creator: join the cgroups and hide the hierarchies from
     /// libcontainer (see above). Moves the calling thread only: call in a
     /// single-threaded process that makes the container.

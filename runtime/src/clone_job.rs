@@ -62,7 +62,14 @@ pub(crate) enum CloneJob {
         own_join: Option<crate::cgroup_join::OwnJoin>,
     },
     /// Start an exec in a running container.
-    Exec { id: String, state_root: PathBuf, process_file: PathBuf, process: JobProcess },
+    Exec {
+        id: String,
+        state_root: PathBuf,
+        process_file: PathBuf,
+        process: JobProcess,
+        /// The container's cgroups, joined by this process itself.
+        own_join: Option<crate::cgroup_join::OwnJoin>,
+    },
 }
 
 impl CloneJob {
@@ -99,7 +106,10 @@ impl CloneJob {
                 }
                 made
             }
-            CloneJob::Exec { id, state_root, process_file, process } => {
+            CloneJob::Exec { id, state_root, process_file, process, own_join } => {
+                if let Some(join) = &own_join {
+                    join.run().map_err(|e| e.to_string())?;
+                }
                 let executor = process.executor();
                 let builder = process.builder(&id, &state_root, executor, &fds)?;
                 let pid = builder.as_tenant().with_process(Some(&process_file)).with_detach(true).build().map_err(|e| e.to_string())?;

@@ -382,6 +382,11 @@ impl HybridContainer {
         LogOwner { id: self.id.clone(), namespace: self.namespace.clone() }
     }
 
+    /// The container's cgroups path, as libcontainer recorded it.
+    pub(crate) fn cgroups_path(&self) -> Option<PathBuf> {
+        self.inner.spec().ok().map(|config| config.cgroup_path)
+    }
+
     pub(crate) fn state_root(&self) -> &Path {
         &self.state_root
     }

@@ -92,9 +92,15 @@ impl HybridContainer {
 
     /// Start a prepared exec.
     pub fn start_exec(&self, exec: &PreparedExec) -> Result<StartedExec, ContainerError> {
-        // The process joins the container's cgroups: start the kernel's
-        // wait now, and keep it from coming back until it has joined.
-        let _join_window = crate::cgroup_join::JoinWindow::for_request();
+        // The process joins the container's cgroups: on a cgroup v1 host
+        // its creator does that without the kernel's lock; elsewhere start
+        // the kernel's wait now, and keep it from coming back until it has
+        // joined (see cgroup_join.rs).
+        let own_join = match crate::cgroup_join::own_join_possible() {
+            true => self.cgroups_path().and_then(|path| crate::cgroup_join::OwnJoin::existing(&path)),
+            false => None,
+        };
+        let _join_window = own_join.is_none().then(crate::cgroup_join::JoinWindow::for_request);
         let id = self.id().to_string();
         let mut fds = Vec::new();
         let (process, console_socket) = JobProcess::prepare(
@@ -111,6 +117,7 @@ impl HybridContainer {
             state_root: self.state_root().to_path_buf(),
             process_file: exec.process_file.clone(),
             process,
+            own_join,
         };
         let job_err = |message| ContainerError::Job { id: id.clone(), action: "exec", message };
         let pid = nix::unistd::Pid::from_raw(job.run_cleanly(fds).map_err(job_err)?);

@@ -222,6 +222,29 @@ fn pids_lists_every_process_and_kill_all_signals_them_all() {
 }
 
 #[test]
+fn an_exec_is_in_its_containers_cgroups() {
+    // On a cgroup v1 host an exec's creator joins them itself (runtime's
+    // cgroup_join.rs), not libcontainer: the exec must land in the same
+    // place, where Pids and the limits reach it.
+    let env = env();
+    let task = Running::start(env, &image("busybox"), &["sleep", "60"]);
+    let exec = env.ctr_out(&["task", "exec", "-d", "--exec-id", "joins", &task.id, "sleep", "60"]);
+    assert_eq!(exec.code, 0, "{exec:?}");
+    let ps = env.ctr_out(&["task", "ps", &task.id]);
+    let pids: Vec<i32> = ps.stdout.lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    assert_eq!(pids.len(), 2, "the init and the exec: {ps:?}");
+    let suffix = format!("/{}", task.id);
+    for pid in pids {
+        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("the process's cgroups");
+        for controller in ["memory", "pids"] {
+            let line = own.lines().find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == controller)));
+            let line = line.or_else(|| own.lines().find(|l| l.starts_with("0::"))).expect("a cgroup line");
+            assert!(line.ends_with(&suffix), "process {pid} is in {}'s {controller} cgroup: {own}", task.id);
+        }
+    }
+}
+
+#[test]
 fn metrics_show_memory_cpu_and_pids_for_both_kinds() {
     let env = env();
     for (image_ref, args) in [(image("busybox"), vec!["sleep", "60"]), (image("sleep-wat"), vec![])] {
