@@ -13,23 +13,27 @@ static KEPT_IN_CLONES: std::sync::OnceLock<Vec<RawFd>> = std::sync::OnceLock::ne
 /// Cloned without the spawner (it was killed, or HYBRID_SPAWNER=off), such
 /// a process inherits that runtime's process-wide state, tokio's signal
 /// pipe among it, and its own runtime (wasmtime-wasi's) uses that state:
-/// with the descriptors closed it fails (EBADF). The spawner is forked
-/// before the runtime exists, so what it clones inherits neither.
+/// with the descriptors closed it fails (EBADF). So does the shim's log
+/// fifo, which such a process's copy of the logger writes to. The spawner
+/// is forked before the runtime and the logger exist, so what it clones
+/// inherits none of them.
 pub fn keep_in_clones(fds: Vec<RawFd>) {
     let _ = KEPT_IN_CLONES.set(fds);
 }
 
 /// Run `open`, and answer what it returned with the descriptors it left
-/// open (those listed after it and not before; the listing's own
-/// descriptor, closed by then, is told apart by F_GETFD failing).
+/// open (those listed after it and not before). Each listing's own
+/// descriptor, closed by then, is told apart by F_GETFD failing: left in
+/// the first listing, its number, free again, would hide the first
+/// descriptor `open` opens.
 pub fn opened_by<T>(open: impl FnOnce() -> T) -> (T, Vec<RawFd>) {
-    let before = open_above_stdio();
-    let opened = open();
-    let fds = open_above_stdio()
-        .into_iter()
+    let listed = || -> Vec<RawFd> {
         // SAFETY: F_GETFD only reads a descriptor's flags.
-        .filter(|fd| !before.contains(fd) && unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0)
-        .collect();
+        open_above_stdio().into_iter().filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0).collect()
+    };
+    let before = listed();
+    let opened = open();
+    let fds = listed().into_iter().filter(|fd| !before.contains(fd)).collect();
     (opened, fds)
 }
 
@@ -60,4 +64,24 @@ pub fn stdio_to_dev_null() -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opened_by_answers_each_descriptor_opened_the_lowest_free_number_too() {
+        // The first file takes the lowest free number, the one the first
+        // listing's own descriptor had. Other tests' threads may open
+        // descriptors meanwhile: what was opened here must be among those
+        // answered.
+        let ((first, second), fds) = opened_by(|| {
+            let open = || std::fs::File::open("/dev/null").expect("/dev/null");
+            (open(), open())
+        });
+        for file in [&first, &second] {
+            assert!(fds.contains(&file.as_raw_fd()), "{} not in {fds:?}", file.as_raw_fd());
+        }
+    }
 }

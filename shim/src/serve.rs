@@ -56,22 +56,25 @@ pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: Unix
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         return Err(Error::Other(format!("cannot become a subreaper: {}", std::io::Error::last_os_error())));
     }
-    let mut shim = HybridShim::new(runtime_id, flags, &mut config);
-    let publisher = RemotePublisher::new(&ttrpc_address)?;
-    let task = create_task(Arc::new(AsyncTaskService::new(shim.task_service(publisher))));
     // A wasm process cloned from this one without the spawner keeps the
-    // runtime's descriptors (see hybrid_runtime::fds::keep_in_clones).
-    let (runtime, runtime_fds) = hybrid_runtime::fds::opened_by(|| {
-        tokio::runtime::Builder::new_multi_thread()
+    // runtime's descriptors (see hybrid_runtime::fds::keep_in_clones), and
+    // the log fifo its copy of the logger writes to (closed, its number
+    // could be taken by a file of the guest's).
+    let ((mut shim, runtime), kept) = hybrid_runtime::fds::opened_by(|| {
+        let shim = HybridShim::new(runtime_id, flags, &mut config);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("ttrpc")
             .thread_keep_alive(CALL_THREAD_IDLE)
             .enable_io()
             .enable_time()
-            .build()
+            .build();
+        (shim, runtime)
     });
     let runtime = runtime.map_err(|e| Error::Other(format!("cannot start the ttrpc runtime: {e}")))?;
-    hybrid_runtime::fds::keep_in_clones(runtime_fds);
+    hybrid_runtime::fds::keep_in_clones(kept);
+    let publisher = RemotePublisher::new(&ttrpc_address)?;
+    let task = create_task(Arc::new(AsyncTaskService::new(shim.task_service(publisher))));
     let mut server = runtime.block_on(async {
         let listen_err = |e: std::io::Error| Error::Other(format!("cannot serve on {}: {e}", flags.socket));
         listener.set_nonblocking(true).map_err(listen_err)?;
