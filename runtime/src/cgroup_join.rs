@@ -8,12 +8,15 @@
 //! that come within a grace period of the last one leaving wait for none.
 //! A container's process joins its cgroups deep in libcontainer (which
 //! writes its pid, the form that takes the lock), some 5-15 ms after Create
-//! or Exec arrives: it paid the whole wait on top. Here a thread of the
-//! shim "moves" the shim into the cgroup it is already in (the kernel
-//! changes nothing, but takes the lock) from the moment the request
-//! arrives, again every millisecond while the window is open: the grace
-//! period runs meanwhile, and the lock then never goes quiet before the
-//! container's join.
+//! or Exec arrives: it paid the whole wait on top. Two ways out, here:
+//! - on a cgroup v1 host, a wasm container's and every exec's process
+//!   joins without the lock ([`OwnJoin`], see the comment above it);
+//! - elsewhere (a native container's create, cgroup v2), a thread of the
+//!   shim "moves" the shim into the cgroup it is already in (the kernel
+//!   changes nothing, but takes the lock) from the moment the request
+//!   arrives, again every millisecond while the window is open: the grace
+//!   period runs meanwhile, and the lock then never goes quiet before the
+//!   container's join ([`JoinWindow`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -160,9 +163,12 @@ fn own_cgroup_procs() -> Option<PathBuf> {
 // libcontainer's intermediate would still write its pid (and take the
 // lock): the creator detaches the v1 hierarchies from a mount namespace of
 // its own, so that libcontainer finds none to join, and the spec
-// libcontainer reads has no resources to apply there. The cgroup mounts a
-// native container shows inside are libcontainer's, made from that same
-// listing: native creates keep libcontainer's join (and the window above).
+// libcontainer reads has no resources to apply there. An exec's creator
+// joins the container's cgroups the same way ([`OwnJoin::existing`]); its
+// process enters the container's mount namespace, so the detached
+// hierarchies are never its view. The cgroup mounts a native container
+// shows inside are libcontainer's, made from that same listing: native
+// creates keep libcontainer's join (and the window above).
 
 /// The controllers libcgroups manages on cgroup v1.
 const V1_CONTROLLERS: [ControllerType; 12] = [
@@ -180,7 +186,7 @@ const V1_CONTROLLERS: [ControllerType; 12] = [
     ControllerType::Freezer,
 ];
 
-/// The `tasks` files a wasm container's creator writes itself into.
+/// The `tasks` files a container's (or exec's) creator writes itself into.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OwnJoin {
     tasks: Vec<PathBuf>,
@@ -213,8 +219,32 @@ impl OwnJoin {
         cgroups_path: &Path,
         resources: Option<&LinuxResources>,
     ) -> Result<(Self, libcgroups::v1::Manager), OwnJoinError> {
-        let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
         let mut tasks = Vec::new();
+        let prepared = Self::make(cgroups_path, &mut tasks).and_then(|()| {
+            let apply_err = |message: String| OwnJoinError::Apply { path: cgroups_path.to_path_buf(), message };
+            let manager = libcgroups::v1::Manager::new(cgroups_path).map_err(|e| apply_err(e.to_string()))?;
+            if let Some(resources) = resources {
+                let opt = ControllerOpt { resources, disable_oom_killer: false, oom_score_adj: None, freezer_state: None };
+                manager.apply(&opt).map_err(|e| apply_err(e.to_string()))?;
+            }
+            Ok(manager)
+        });
+        match prepared {
+            Ok(manager) => Ok((Self { tasks }, manager)),
+            Err(e) => {
+                // Nothing is in them yet: a failed Create leaves none behind.
+                for dir in tasks.iter().filter_map(|file| file.parent()) {
+                    let _ = std::fs::remove_dir(dir);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Make the container's directory in each hierarchy, listing its
+    /// `tasks` file in `tasks` as soon as the directory exists.
+    fn make(cgroups_path: &Path, tasks: &mut Vec<PathBuf>) -> Result<(), OwnJoinError> {
+        let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
         for (controller, mount) in hierarchies()? {
             let dir = mount.join(relative);
             let file = dir.join("tasks");
@@ -223,6 +253,7 @@ impl OwnJoin {
                 continue;
             }
             std::fs::create_dir_all(&dir).map_err(|source| OwnJoinError::Io { path: dir.clone(), action: "create", source })?;
+            tasks.push(file);
             if *controller == ControllerType::CpuSet {
                 // A new cpuset has no cpus and no memory nodes, and takes no
                 // task until it has: its parents' (as libcgroups does).
@@ -230,15 +261,8 @@ impl OwnJoin {
                     inherit_if_empty(&dir, name)?;
                 }
             }
-            tasks.push(file);
         }
-        let apply_err = |message: String| OwnJoinError::Apply { path: cgroups_path.to_path_buf(), message };
-        let manager = libcgroups::v1::Manager::new(cgroups_path).map_err(|e| apply_err(e.to_string()))?;
-        if let Some(resources) = resources {
-            let opt = ControllerOpt { resources, disable_oom_killer: false, oom_score_adj: None, freezer_state: None };
-            manager.apply(&opt).map_err(|e| apply_err(e.to_string()))?;
-        }
-        Ok((Self { tasks }, manager))
+        Ok(())
     }
 
     /// In the shim: the join of an exec into the container whose cgroups

@@ -159,6 +159,21 @@ fn a_wasm_container_is_in_its_cgroups_with_the_specs_limits() {
 }
 
 #[test]
+fn limits_the_kernel_refuses_fail_create_naming_them_and_leave_no_cgroup() {
+    // A CFS quota under 1 ms is refused by the kernel: the shim applies it
+    // before the container exists, so Create fails and cleans up.
+    let env = env();
+    let id = unique_id("badlimit");
+    let limits = ["--cpu-quota", "100", "--cpu-period", "100000"];
+    let run = env.ctr_out(&[&["run", "--rm", "--runtime", HYBRID_RUNTIME][..], &limits, &[&image("hello-rust"), &id, "/hello.wasm"]].concat());
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("cannot apply") || run.stderr.contains("cpu"), "the error names the limit: {run:?}");
+    assert!(!run.stdout.contains("hello from wasm"), "the guest never ran: {run:?}");
+    assert_eq!(cgroups_named(&id), Vec::<std::path::PathBuf>::new(), "cgroups left");
+    let _ = env.ctr_out(&["container", "rm", &id]);
+}
+
+#[test]
 fn hybrid_wasm_run_gives_args_env_dirs_and_the_exit_code() {
     let dir = repo_root().join("wasm-examples/hello-rust");
     let out = std::process::Command::new(hybrid_bin())
