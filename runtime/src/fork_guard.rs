@@ -59,17 +59,15 @@ where
 /// single-threaded copy of this process, and return what it answered.
 /// The processes it leaves running (a container's init, an exec) are its
 /// children until it exits, then this process's: it is a child subreaper
-/// (the shim, the `hybrid` command's one-shot runs). A process that has a
-/// single thread already (the `hybrid` command before it starts any) runs
-/// `work` itself.
+/// (the shim, the `hybrid` command's one-shot runs). Even a process with
+/// a single thread forks: the work changes the process it runs in (a
+/// create joins the container's cgroups and leaves for its mount
+/// namespace), which must be a copy that exits after it.
 pub(crate) fn in_forked_copy<T, F>(work: F) -> Result<T, String>
 where
     T: Serialize + DeserializeOwned,
     F: FnOnce() -> Result<T, String>,
 {
-    if single_threaded() {
-        return work();
-    }
     // The answer's pipe: its write end also reaches the container's
     // processes through their clones (until they exec), so the answer is
     // read once the copy has exited, not at end of file.
@@ -142,11 +140,6 @@ fn wait_for_exit(child: nix::unistd::Pid) -> Result<(), String> {
     // Reap it, unless a reaper did; ECHILD then.
     let _ = nix::sys::wait::waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
     Ok(())
-}
-
-/// Whether this process has one thread (ours: none can start another).
-fn single_threaded() -> bool {
-    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
 }
 
 #[cfg(test)]
