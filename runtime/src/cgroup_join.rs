@@ -262,7 +262,12 @@ impl OwnJoin {
                 }
             }
         }
-        Ok(())
+        // Hidden from libcontainer, a container in no cgroup would go
+        // unlimited and unseen by Pids and Stats.
+        match tasks.is_empty() {
+            true => Err(OwnJoinError::Hierarchies("no cgroup v1 hierarchy lists this process".into())),
+            false => Ok(()),
+        }
     }
 
     /// In the shim: the join of an exec into the container whose cgroups
@@ -277,7 +282,7 @@ impl OwnJoin {
                 tasks.push(file);
             }
         }
-        tasks.iter().all(|file| file.exists()).then_some(Self { tasks })
+        (!tasks.is_empty() && tasks.iter().all(|file| file.exists())).then_some(Self { tasks })
     }
 
     /// In the creator: join the cgroups and hide the hierarchies from
