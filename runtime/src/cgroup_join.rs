@@ -219,8 +219,9 @@ impl OwnJoin {
         cgroups_path: &Path,
         resources: Option<&LinuxResources>,
     ) -> Result<(Self, libcgroups::v1::Manager), OwnJoinError> {
-        let mut tasks = Vec::new();
-        let prepared = Self::make(cgroups_path, &mut tasks).and_then(|()| {
+        let dirs = directories(cgroups_path)?;
+        let mut made = Vec::new();
+        let prepared = make(&dirs, &mut made).and_then(|()| {
             let apply_err = |message: String| OwnJoinError::Apply { path: cgroups_path.to_path_buf(), message };
             let manager = libcgroups::v1::Manager::new(cgroups_path).map_err(|e| apply_err(e.to_string()))?;
             if let Some(resources) = resources {
@@ -230,10 +231,10 @@ impl OwnJoin {
             Ok(manager)
         });
         match prepared {
-            Ok(manager) => Ok((Self { tasks }, manager)),
+            Ok(manager) => Ok((Self::from_dirs(&dirs), manager)),
             Err(e) => {
                 // Nothing is in them yet: a failed Create leaves none behind.
-                for dir in tasks.iter().filter_map(|file| file.parent()) {
+                for dir in made {
                     let _ = std::fs::remove_dir(dir);
                 }
                 Err(e)
@@ -241,48 +242,16 @@ impl OwnJoin {
         }
     }
 
-    /// Make the container's directory in each hierarchy, listing its
-    /// `tasks` file in `tasks` as soon as the directory exists.
-    fn make(cgroups_path: &Path, tasks: &mut Vec<PathBuf>) -> Result<(), OwnJoinError> {
-        let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
-        for (controller, mount) in hierarchies()? {
-            let dir = mount.join(relative);
-            let file = dir.join("tasks");
-            // Hierarchies mounted together (cpu,cpuacct) share a directory.
-            if tasks.contains(&file) {
-                continue;
-            }
-            std::fs::create_dir_all(&dir).map_err(|source| OwnJoinError::Io { path: dir.clone(), action: "create", source })?;
-            tasks.push(file);
-            if *controller == ControllerType::CpuSet {
-                // A new cpuset has no cpus and no memory nodes, and takes no
-                // task until it has: its parents' (as libcgroups does).
-                for name in ["cpuset.cpus", "cpuset.mems"] {
-                    inherit_if_empty(&dir, name)?;
-                }
-            }
-        }
-        // Hidden from libcontainer, a container in no cgroup would go
-        // unlimited and unseen by Pids and Stats.
-        match tasks.is_empty() {
-            true => Err(OwnJoinError::Hierarchies("no cgroup v1 hierarchy lists this process".into())),
-            false => Ok(()),
-        }
-    }
-
     /// In the shim: the join of an exec into the container whose cgroups
     /// are at `cgroups_path`, made already. None when one of them is
     /// missing: libcontainer's join then makes it, as it always did.
     pub fn existing(cgroups_path: &Path) -> Option<Self> {
-        let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
-        let mut tasks: Vec<PathBuf> = Vec::new();
-        for (_, mount) in hierarchies().ok()? {
-            let file = mount.join(relative).join("tasks");
-            if !tasks.contains(&file) {
-                tasks.push(file);
-            }
-        }
-        (!tasks.is_empty() && tasks.iter().all(|file| file.exists())).then_some(Self { tasks })
+        let dirs = directories(cgroups_path).ok()?;
+        dirs.iter().all(|(_, dir)| dir.join("tasks").exists()).then(|| Self::from_dirs(&dirs))
+    }
+
+    fn from_dirs(dirs: &[(ControllerType, PathBuf)]) -> Self {
+        Self { tasks: dirs.iter().map(|(_, dir)| dir.join("tasks")).collect() }
     }
 
     /// In the creator: join the cgroups and hide the hierarchies from
@@ -299,6 +268,41 @@ impl OwnJoin {
         }
         Ok(())
     }
+}
+
+/// The container's directory in each hierarchy, with the controller it
+/// was found for (hierarchies mounted together, cpu,cpuacct, share one).
+/// None at all is refused: hidden from libcontainer, a container in no
+/// cgroup would go unlimited and unseen by Pids and Stats.
+fn directories(cgroups_path: &Path) -> Result<Vec<(ControllerType, PathBuf)>, OwnJoinError> {
+    let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
+    let mut dirs: Vec<(ControllerType, PathBuf)> = Vec::new();
+    for (controller, mount) in hierarchies()? {
+        let dir = mount.join(relative);
+        if !dirs.iter().any(|(_, known)| *known == dir) {
+            dirs.push((*controller, dir));
+        }
+    }
+    match dirs.is_empty() {
+        true => Err(OwnJoinError::Hierarchies("no cgroup v1 hierarchy lists this process".into())),
+        false => Ok(dirs),
+    }
+}
+
+/// Make `dirs`, listing in `made` each one as soon as it exists.
+fn make(dirs: &[(ControllerType, PathBuf)], made: &mut Vec<PathBuf>) -> Result<(), OwnJoinError> {
+    for (controller, dir) in dirs {
+        std::fs::create_dir_all(dir).map_err(|source| OwnJoinError::Io { path: dir.clone(), action: "create", source })?;
+        made.push(dir.clone());
+        if *controller == ControllerType::CpuSet {
+            // A new cpuset has no cpus and no memory nodes, and takes no
+            // task until it has: its parents' (as libcgroups does).
+            for name in ["cpuset.cpus", "cpuset.mems"] {
+                inherit_if_empty(dir, name)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Each v1 controller this process is in, with its hierarchy's mount

@@ -79,11 +79,14 @@ impl CloneJob {
     /// child until it exits.
     pub(crate) fn run(self, fds: Vec<OwnedFd>) -> Result<i32, String> {
         let fd = |index: usize| fds.get(index).map(AsRawFd::as_raw_fd).ok_or_else(|| format!("descriptor {index} was not sent"));
+        // Before libcontainer runs: its intermediate and init are then born
+        // in the cgroups (see cgroup_join.rs).
+        let (CloneJob::Create { own_join, .. } | CloneJob::Exec { own_join, .. }) = &self;
+        if let Some(join) = own_join {
+            join.run().map_err(|e| e.to_string())?;
+        }
         match self {
-            CloneJob::Create { id, bundle, state_root, process, http_port, oom_notify, own_join } => {
-                if let Some(join) = &own_join {
-                    join.run().map_err(|e| e.to_string())?;
-                }
+            CloneJob::Create { id, bundle, state_root, process, http_port, oom_notify, own_join: _ } => {
                 let mut executor = process.executor().with_http_port(http_port);
                 if let Some(index) = oom_notify {
                     executor = executor.with_oom_notify(fd(index)?);
@@ -106,10 +109,7 @@ impl CloneJob {
                 }
                 made
             }
-            CloneJob::Exec { id, state_root, process_file, process, own_join } => {
-                if let Some(join) = &own_join {
-                    join.run().map_err(|e| e.to_string())?;
-                }
+            CloneJob::Exec { id, state_root, process_file, process, own_join: _ } => {
                 let executor = process.executor();
                 let builder = process.builder(&id, &state_root, executor, &fds)?;
                 let pid = builder.as_tenant().with_process(Some(&process_file)).with_detach(true).build().map_err(|e| e.to_string())?;
