@@ -168,6 +168,61 @@ fn nothing_is_left_after_deleting_a_wasm_container() {
     assert_nothing_left_after_delete("sleep-wat", &[]);
 }
 
+/// The overlay workdir of the rootfs mounted for container `id`, from its
+/// mount's options in /proc/self/mountinfo.
+fn overlay_workdir_of(id: &str) -> Option<std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let line = mountinfo.lines().find(|l| l.split_whitespace().nth(4).is_some_and(|m| m.contains(id) && m.ends_with("/rootfs")))?;
+    let (_, after) = line.split_once(" - ")?;
+    let options = after.split_whitespace().nth(2)?;
+    options.split(',').find_map(|o| o.strip_prefix("workdir=")).map(std::path::PathBuf::from)
+}
+
+/// Entries of `workdir` that the shim set aside (an earlier mount's `work`).
+fn set_aside_in(workdir: &std::path::Path) -> Vec<String> {
+    let entries = std::fs::read_dir(workdir).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect());
+    entries.unwrap_or_else(|_: std::io::Error| Vec::new()).into_iter().filter(|n| n.starts_with("hybrid-old-work-")).collect()
+}
+
+/// An overlay's `work` left by an earlier mount of the snapshot (ctr's own
+/// look into it for users and groups, a task started before) is set aside
+/// at Create instead of removed inside the mount call, and what an earlier
+/// Create set aside is removed: a task started again on the same snapshot
+/// runs, and one set-aside directory is left at most.
+#[test]
+fn a_task_started_again_on_its_snapshot_runs_and_leaves_one_old_workdir() {
+    let env = env();
+    let id = unique_id("again");
+    let run = env.ctr_out(&["run", "-d", "--runtime", HYBRID_RUNTIME, &image("sleep-wat"), &id]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(env.wait_for_status(&id, "RUNNING", Duration::from_secs(30)), "task {id} never ran");
+    let workdir = overlay_workdir_of(&id).expect("the rootfs is an overlay with a workdir");
+    assert!(workdir.join("work").is_dir(), "the mount has its own work dir");
+    // ctr mounted the snapshot for a moment before Create: its work dir was set aside.
+    assert_eq!(set_aside_in(&workdir).len(), 1, "{:?}", set_aside_in(&workdir));
+    for round in 0..2 {
+        let kill = env.ctr_out(&["task", "kill", "-s", "SIGKILL", &id]);
+        assert_eq!(kill.code, 0, "{kill:?}");
+        assert!(env.wait_for_status(&id, "STOPPED", Duration::from_secs(10)), "task {id} did not stop");
+        let rm = env.ctr_out(&["task", "rm", &id]);
+        assert_eq!(rm.code, 0, "{rm:?}");
+        let start = env.ctr_out(&["task", "start", "-d", &id]);
+        assert_eq!(start.code, 0, "round {round}: {start:?}");
+        assert!(env.wait_for_status(&id, "RUNNING", Duration::from_secs(30)), "round {round}: task {id} never ran again");
+        // The earlier one goes on a thread of the shim's.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while set_aside_in(&workdir).len() > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(set_aside_in(&workdir).len(), 1, "round {round}: {:?}", set_aside_in(&workdir));
+    }
+    let kill = env.ctr_out(&["task", "kill", "-s", "SIGKILL", &id]);
+    assert_eq!(kill.code, 0, "{kill:?}");
+    assert!(env.wait_for_status(&id, "STOPPED", Duration::from_secs(10)), "task {id} did not stop");
+    assert_eq!(env.ctr_out(&["task", "rm", &id]).code, 0);
+    assert_eq!(env.ctr_out(&["container", "rm", &id]).code, 0);
+}
+
 #[test]
 fn an_entrypoint_neither_elf_nor_wasm_fails_at_create_naming_the_file() {
     let env = env();
