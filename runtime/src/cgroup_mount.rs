@@ -56,7 +56,7 @@ pub fn rewrite_for_shared_pid_namespace(bundle: &Path, spec: &Spec) -> Result<bo
     }
     let mut spec = spec.clone();
     spec.set_mounts(Some(rewritten));
-    spec.save(&path).map_err(|e| spec_err(format!("cannot write the rewritten spec: {e}")))?;
+    crate::guest_mounts::rewrite_in_place(&path, &spec).map_err(|e| spec_err(format!("cannot write the rewritten spec: {e}")))?;
     tracing::info!(?cgroups_path, "cgroup v1 mount rewritten for a shared pid namespace");
     Ok(true)
 }

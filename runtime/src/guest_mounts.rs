@@ -12,13 +12,13 @@
 //! them) before libcontainer reads it, which also spares the container's
 //! create their mounting. `/proc` libcontainer does need, until its init
 //! is ready: the process that made the container then enters the
-//! container's mount namespace and detaches it ([`hide_proc`]). Bind
+//! container's mount namespace and covers it ([`hide_proc`]). Bind
 //! mounts, tmpfs, volumes and /dev stay where the spec puts them. A native
 //! `exec` into a wasm container sees no /proc or /sys either.
 
 use std::path::{Path, PathBuf};
 
-use nix::mount::{umount2, MntFlags};
+use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, CloneFlags};
 use oci_spec::runtime::Spec;
 
@@ -71,21 +71,49 @@ pub fn narrow_bundle(bundle: &Path, spec: &Spec, resources_applied: bool) -> Res
     }
     let Some(narrowed) = narrowed else { return Ok(None) };
     let path = bundle.join("config.json");
-    narrowed.save(&path).map_err(|e| GuestMountsError::Save { path, message: e.to_string() })?;
+    rewrite_in_place(&path, &narrowed).map_err(|message| GuestMountsError::Save { path, message })?;
     Ok(Some(narrowed))
 }
 
-/// Detach /proc (with what is mounted under it) in the mount namespace of
-/// the container whose init is `pid`, ready and waiting for start. Enters
-/// that namespace: call from a single-threaded process that has nothing
-/// left to do on the host (the creator, just before it exits).
+/// Write `spec` over the file at `path` without truncating it first: on a
+/// filesystem mounted with `discard`, the truncate of an open(O_TRUNC)
+/// frees the file's blocks and waits for the device to discard them
+/// (0.3 ms, at times 10 ms, on the test machine). Written over, the file
+/// keeps its blocks; the final length cut frees only those a shorter spec
+/// no longer reaches (none, for the few hundred bytes a wasm spec loses).
+pub fn rewrite_in_place(path: &Path, spec: &Spec) -> Result<(), String> {
+    use std::io::Write;
+    let bytes = serde_json::to_vec(spec).map_err(|e| e.to_string())?;
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| e.to_string())?;
+    file.write_all(&bytes).map_err(|e| e.to_string())?;
+    file.set_len(bytes.len() as u64).map_err(|e| e.to_string())
+}
+
+/// Cover /proc (with what is mounted under it) with an empty read-only
+/// tmpfs in the mount namespace of the container whose init is `pid`,
+/// ready and waiting for start. Enters that namespace: call from a
+/// single-threaded process that has nothing left to do on the host (the
+/// creator, just before it answers and exits).
+///
+/// Neither step unmounts anything before the answer: every unmount waits
+/// for an expedited RCU grace period (0.1 ms on an idle machine, 2 to 6 ms
+/// on the test machine with containerd busy on the other core), and a
+/// create is answered only after this. The namespace this process leaves
+/// (its own copy, where cgroup_join hid the hierarchies) is kept by a
+/// descriptor until the process exits, where its unmounting waits instead;
+/// and the container's /proc is covered rather than detached.
 pub fn hide_proc(pid: i32) -> Result<(), String> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).map_err(|e| format!("cannot open the mount namespace of pid {pid}: {e}"))?;
+    if let Ok(own) = std::fs::File::open("/proc/self/ns/mnt") {
+        // Closed by the exit, after the answer (see above).
+        std::mem::forget(own);
+    }
     setns(ns, CloneFlags::CLONE_NEWNS).map_err(|e| format!("cannot enter the mount namespace of pid {pid}: {e}"))?;
-    match umount2("/proc", MntFlags::MNT_DETACH) {
-        // EINVAL: not a mount point (a spec without /proc).
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-        Err(e) => Err(format!("cannot detach /proc: {e}")),
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    match mount(Some("tmpfs"), "/proc", Some("tmpfs"), flags, Some("mode=555,size=4k")) {
+        // ENOENT: no /proc directory at all (a spec without /proc).
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(format!("cannot cover /proc: {e}")),
     }
 }
 
@@ -151,6 +179,22 @@ mod tests {
         let linux = narrowed.linux().as_ref().unwrap();
         assert_eq!(linux.masked_paths().as_deref(), Some(&["/proc/kcore".to_string(), "/data/secret".to_string()][..]));
         assert_eq!(linux.readonly_paths().as_deref(), Some(&["/proc/sys".to_string()][..]));
+    }
+
+    #[test]
+    fn a_spec_rewritten_in_place_over_a_longer_one_loads_as_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.json");
+        spec().save(&path).expect("save");
+        let narrowed = without_kernel_filesystems(&spec()).expect("changed");
+        let before = std::fs::metadata(&path).expect("written").len();
+        rewrite_in_place(&path, &narrowed).expect("rewrite");
+        assert!(std::fs::metadata(&path).expect("rewritten").len() < before, "nothing of the longer spec is left after it");
+        let loaded = Spec::load(&path).expect("load");
+        assert_eq!(loaded.mounts(), narrowed.mounts());
+        // And over a shorter one.
+        rewrite_in_place(&path, &spec()).expect("rewrite");
+        assert_eq!(Spec::load(&path).expect("load").mounts(), spec().mounts());
     }
 
     #[test]
