@@ -206,6 +206,15 @@ impl HybridContainer {
         let own_join = workload.kind.is_wasm() && crate::cgroup_join::own_join_possible();
         let _join_window = (!own_join).then(crate::cgroup_join::JoinWindow::for_request);
         let view = SpecView::load(&config.bundle);
+        // The manager of the cgroups the shim makes for such a container
+        // (see make) is made meanwhile.
+        let manager_ahead = match (own_join, view.spec.as_ref().and_then(|s| s.linux().as_ref())) {
+            (true, Some(linux)) => Some(crate::cgroup_join::ManagerAhead::start(&libcontainer::utils::get_cgroup_path(
+                linux.cgroups_path(),
+                &config.id,
+            ))),
+            _ => None,
+        };
         // Compile before the container exists: a bad module fails Create,
         // and the cache makes every later start load machine code only.
         let compiled = if workload.kind.is_wasm() {
@@ -218,7 +227,7 @@ impl HybridContainer {
         } else {
             None
         };
-        let mut container = Self::make(config, workload, image_port, compiled, view)?;
+        let mut container = Self::make(config, workload, image_port, compiled, view, manager_ahead)?;
         // Held from here: the process runs only once started.
         container.held_fifos = config.stdio.hold_output_fifos();
         Ok(container)
@@ -235,6 +244,7 @@ impl HybridContainer {
         image_port: Option<u16>,
         compiled: Option<wasm::CompiledEntry>,
         view: SpecView,
+        manager_ahead: Option<crate::cgroup_join::ManagerAhead>,
     ) -> Result<Self, ContainerError> {
         let SpecView { spec, annotations, wasm_memory, terminal } = view;
         let id = config.id.clone();
@@ -280,7 +290,7 @@ impl HybridContainer {
             JobProcess::prepare(workload, compiled, wasm_memory.get(), terminal, &config.stdio, &owner, &mut fds)?;
         let prepared = match &own_join {
             Some((path, resources)) => Some(
-                crate::cgroup_join::OwnJoin::prepare(path, resources.as_ref())
+                crate::cgroup_join::OwnJoin::prepare(path, resources.as_ref(), manager_ahead)
                     .map_err(|e| ContainerError::Cgroup { id: id.clone(), message: e.to_string() })?,
             ),
             None => None,
