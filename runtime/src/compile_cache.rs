@@ -35,10 +35,10 @@ const ENTRY_SUFFIX: &str = "cwasm";
 /// The trailing checksum: a CRC-32 (little-endian), which catches what
 /// corrupts a file written once and renamed into place (a torn or
 /// short write, flipped bits, a stray overwrite); the key, not the
-/// checksum, ties an entry to its module. Checked at every Create: a
-/// SHA-256 of a 350 KiB entry took 0.5 ms of it on the test machine, the
-/// CRC 0.03 ms. Entries of the SHA-256 era fail the check and are
-/// compiled again once.
+/// checksum, ties an entry to its module. Checked at every Create: over
+/// a 350 KiB entry, sha2's SHA-256 takes 0.37 ms on the test machine (with
+/// SHA-NI), crc32fast 0.008 ms. Entries of the SHA-256 era fail the check
+/// and are compiled again once.
 const CHECKSUM_LEN: usize = 4;
 
 #[derive(Debug, thiserror::Error)]

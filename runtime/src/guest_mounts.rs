@@ -77,8 +77,9 @@ pub fn narrow_bundle(bundle: &Path, spec: &Spec, resources_applied: bool) -> Res
 
 /// Write `spec` over the file at `path` without truncating it first: on a
 /// filesystem mounted with `discard`, the truncate of an open(O_TRUNC)
-/// frees the file's blocks and waits for the device to discard them
-/// (0.3 ms, at times 10 ms, on the test machine). Written over, the file
+/// frees the file's blocks and waits for the device to discard them (0.4
+/// to 0.9 ms per start on average, at times 10, in perf recordings of cold
+/// starts on the test machine, whose root is mounted so). Written over, the file
 /// keeps its blocks; the final length cut frees only those a shorter spec
 /// no longer reaches (none, for the few hundred bytes a wasm spec loses).
 pub fn rewrite_in_place(path: &Path, spec: &Spec) -> Result<(), String> {
@@ -96,9 +97,9 @@ pub fn rewrite_in_place(path: &Path, spec: &Spec) -> Result<(), String> {
 /// creator, just before it answers and exits).
 ///
 /// Neither step unmounts anything before the answer: every unmount waits
-/// for an expedited RCU grace period (0.1 ms on an idle machine, 2 to 6 ms
-/// on the test machine with containerd busy on the other core), and a
-/// create is answered only after this. The namespace this process leaves
+/// for an expedited RCU grace period (0.1 ms on the idle test machine, 2
+/// to 6 ms in perf recordings of cold starts, which keep the other core
+/// busy), and a create is answered only after this. The namespace this process leaves
 /// (its own copy, where cgroup_join hid the hierarchies) is kept by a
 /// descriptor until the process exits, where its unmounting waits instead;
 /// and the container's /proc is covered rather than detached.

@@ -80,7 +80,8 @@ fn overlay_workdir(m: &Mount) -> Option<&Path> {
 /// At mount, overlayfs removes a leftover `work` itself, inside the mount
 /// call; on a filesystem mounted with `discard` that frees a block and
 /// waits for the device to discard it: 0.2 ms on the idle test machine, up
-/// to 16 ms (10 on average) with its disk busy. A rename frees nothing,
+/// to 16 ms (10 on average) with its disk busy (a perf recording beside
+/// the cold starts). A rename frees nothing,
 /// and overlayfs ignores other entries in its workdir. containerd removes
 /// the set-aside directory with the snapshot, off any request's path; the
 /// ones a snapshot mounted again (a container started again) already has
