@@ -75,13 +75,14 @@ pub fn narrow_bundle(bundle: &Path, spec: &Spec, resources_applied: bool) -> Res
     Ok(Some(narrowed))
 }
 
-/// Write `spec` over the file at `path` without truncating it first: on a
-/// filesystem mounted with `discard`, the truncate of an open(O_TRUNC)
-/// frees the file's blocks and waits for the device to discard them (0.4
-/// to 0.9 ms per start on average, at times 10, in perf recordings of cold
-/// starts on the test machine, whose root is mounted so). Written over, the file
-/// keeps its blocks; the final length cut frees only those a shorter spec
-/// no longer reaches (none, for the few hundred bytes a wasm spec loses).
+/// Write `spec` over the file at `path` without truncating it first: the
+/// truncate of an open(O_TRUNC) frees the file's blocks for the write to
+/// allocate again, and on a filesystem mounted with `discard` (the test
+/// machine's root) a freed block can wait for the device. Written over,
+/// the file keeps its blocks; the final length cut frees only those a
+/// shorter spec no longer reaches (none, for the few hundred bytes a wasm
+/// spec loses). Narrowing took 0.22 ms of Create before, 0.11 after (idle
+/// test machine, 20 starts each).
 pub fn rewrite_in_place(path: &Path, spec: &Spec) -> Result<(), String> {
     use std::io::Write;
     let bytes = serde_json::to_vec(spec).map_err(|e| e.to_string())?;
