@@ -236,6 +236,11 @@ impl ManagerAhead {
         Self { path, made: started.ok().map(|_| receiver) }
     }
 
+    /// The cgroups path it manages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The manager, made here if the thread could not make it.
     fn take(self) -> Result<libcgroups::v1::Manager, String> {
         match self.made.and_then(|made| made.recv().ok()) {
@@ -246,24 +251,17 @@ impl ManagerAhead {
 }
 
 impl OwnJoin {
-    /// In the shim: make the container's cgroups at `cgroups_path` and
-    /// apply `resources`; answers the join for the creator, and the cgroup
-    /// manager the container keeps (it need not be learned again).
-    /// `ahead`, when given, is that manager in the making.
-    pub fn prepare(
-        cgroups_path: &Path,
-        resources: Option<&LinuxResources>,
-        ahead: Option<ManagerAhead>,
-    ) -> Result<(Self, libcgroups::v1::Manager), OwnJoinError> {
-        let dirs = directories(cgroups_path)?;
+    /// In the shim: make the container's cgroups, at the path `ahead`
+    /// makes the manager of, and apply `resources`; answers the join for
+    /// the creator, and the cgroup manager the container keeps (it need
+    /// not be learned again).
+    pub fn prepare(ahead: ManagerAhead, resources: Option<&LinuxResources>) -> Result<(Self, libcgroups::v1::Manager), OwnJoinError> {
+        let cgroups_path = ahead.path.clone();
+        let dirs = directories(&cgroups_path)?;
         let mut made = Vec::new();
         let prepared = make(&dirs, &mut made).and_then(|()| {
-            let apply_err = |message: String| OwnJoinError::Apply { path: cgroups_path.to_path_buf(), message };
-            let manager = match ahead.filter(|a| a.path == cgroups_path) {
-                Some(ahead) => ahead.take(),
-                None => libcgroups::v1::Manager::new(cgroups_path).map_err(|e| e.to_string()),
-            }
-            .map_err(apply_err)?;
+            let apply_err = |message: String| OwnJoinError::Apply { path: cgroups_path.clone(), message };
+            let manager = ahead.take().map_err(apply_err)?;
             if let Some(resources) = resources {
                 let opt = ControllerOpt { resources, disable_oom_killer: false, oom_score_adj: None, freezer_state: None };
                 manager.apply(&opt).map_err(|e| apply_err(e.to_string()))?;

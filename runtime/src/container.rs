@@ -207,7 +207,7 @@ impl HybridContainer {
         let _join_window = (!own_join).then(crate::cgroup_join::JoinWindow::for_request);
         let view = SpecView::load(&config.bundle);
         // The manager of the cgroups the shim makes for such a container
-        // (see make) is made meanwhile.
+        // is made meanwhile; handed to make, it is that decision.
         let manager_ahead = match (own_join, view.spec.as_ref().and_then(|s| s.linux().as_ref())) {
             (true, Some(linux)) => Some(crate::cgroup_join::ManagerAhead::start(&libcontainer::utils::get_cgroup_path(
                 linux.cgroups_path(),
@@ -238,6 +238,8 @@ impl HybridContainer {
     /// terminal's socket, the out-of-memory pipe) is made here;
     /// libcontainer's part runs as a job (clone_job.rs), and the container
     /// is loaded from the state it left.
+    /// `manager_ahead` is given when the creator joins the container's
+    /// cgroups itself: the manager of the cgroups the shim makes here.
     fn make(
         config: &ContainerConfig,
         workload: Workload,
@@ -256,11 +258,10 @@ impl HybridContainer {
         // A wasm container's creator joins its cgroups itself where it can
         // (see cgroup_join.rs); the shim makes them and applies the spec's
         // resources just before, and libcontainer does not see those.
-        let own_join = spec.as_ref().and_then(|s| s.linux().as_ref()).filter(|_| is_wasm && crate::cgroup_join::own_join_possible());
-        let own_join = own_join.map(|linux| (libcontainer::utils::get_cgroup_path(linux.cgroups_path(), &id), linux.resources().clone()));
+        let own_join_path = manager_ahead.as_ref().map(|ahead| ahead.path().to_path_buf());
         if let Some(spec) = &spec {
             let narrowed = match is_wasm {
-                true => crate::guest_mounts::narrow_bundle(&config.bundle, spec, own_join.is_some())?,
+                true => crate::guest_mounts::narrow_bundle(&config.bundle, spec, manager_ahead.is_some())?,
                 false => None,
             };
             crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle, narrowed.as_ref().unwrap_or(spec))?;
@@ -288,9 +289,10 @@ impl HybridContainer {
         let owner = LogOwner { id: id.clone(), namespace: config.namespace.clone() };
         let (process, console_socket) =
             JobProcess::prepare(workload, compiled, wasm_memory.get(), terminal, &config.stdio, &owner, &mut fds)?;
-        let prepared = match &own_join {
-            Some((path, resources)) => Some(
-                crate::cgroup_join::OwnJoin::prepare(path, resources.as_ref(), manager_ahead)
+        let resources = spec.as_ref().and_then(|s| s.linux().as_ref()).and_then(|l| l.resources().as_ref());
+        let prepared = match manager_ahead {
+            Some(ahead) => Some(
+                crate::cgroup_join::OwnJoin::prepare(ahead, resources)
                     .map_err(|e| ContainerError::Cgroup { id: id.clone(), message: e.to_string() })?,
             ),
             None => None,
@@ -311,7 +313,7 @@ impl HybridContainer {
             return Err(ContainerError::Job { id: id.clone(), action: "create", message });
         }
         let mut container = Self::load(&config.state_root, &id)?;
-        if let (Some((_, manager)), Some((path, _))) = (prepared, &own_join) {
+        if let (Some((_, manager)), Some(path)) = (prepared, &own_join_path) {
             // The manager that applied the resources is the one Stats,
             // the exit and Delete use: nothing is left to learn.
             let poststop = spec.as_ref().and_then(|s| s.hooks().as_ref()).and_then(|h| h.poststop().as_ref()).is_some_and(|h| !h.is_empty());
