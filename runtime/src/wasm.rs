@@ -247,7 +247,13 @@ impl WasmSandbox {
     /// goes to stderr; a guest that fails after being denied memory past
     /// its limit ends with [`OOM_EXIT_CODE`].
     pub fn run(&self, path: &Path, program: &Program, export: Option<&str>, setup: &WasiSetup) -> Result<WasmExit, WasmError> {
-        let builder = wasi_builder(setup)?;
+        let mut builder = wasi_builder(setup)?;
+        // The guest runs on this thread and nothing else runs beside it: a
+        // file operation may block here rather than go to tokio's blocking
+        // pool and back (a thread started on the first one, and two thread
+        // switches per call). Not for wasi:http, whose handlers share the
+        // runtime's worker.
+        builder.allow_blocking_current_thread(true);
         let limits = SandboxLimits::new(setup.memory_limit);
         let (outcome, denied) = match program {
             Program::Module(module) => self.run_module(path, module, export, builder, limits)?,
