@@ -30,7 +30,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::limits::SandboxLimits;
-use crate::wasm::{wasi_builder, WasiSetup, WasmError, WasmExit};
+use crate::wasm::{wasi_builder, Blocking, WasiSetup, WasmError, WasmExit};
 
 /// The annotation that picks the port; without it the image's first
 /// EXPOSEd tcp port (the shim reads it), else [`DEFAULT_HTTP_PORT`].
@@ -170,7 +170,7 @@ pub fn serve(engine: &Engine, path: &Path, component: &Component, setup: &WasiSe
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link)?;
     let pre = linker.instantiate_pre(component).and_then(ProxyPre::new).map_err(link)?;
     // A preopen that cannot be opened fails the start, not every request.
-    wasi_builder(setup)?;
+    wasi_builder(setup, Blocking::Pool)?;
     let server = Arc::new(Server { path: path.to_path_buf(), engine: engine.clone(), pre, setup: setup.clone() });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKER_THREADS)
@@ -219,7 +219,7 @@ impl Server {
     }
 
     async fn call(&self, request: hyper::Request<Incoming>) -> Result<hyper::Response<HyperOutgoingBody>, String> {
-        let mut builder = wasi_builder(&self.setup).map_err(|e| e.to_string())?;
+        let mut builder = wasi_builder(&self.setup, Blocking::Pool).map_err(|e| e.to_string())?;
         let host = HttpHost {
             wasi: builder.build(),
             http: WasiHttpCtx::new(),

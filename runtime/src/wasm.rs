@@ -247,13 +247,7 @@ impl WasmSandbox {
     /// goes to stderr; a guest that fails after being denied memory past
     /// its limit ends with [`OOM_EXIT_CODE`].
     pub fn run(&self, path: &Path, program: &Program, export: Option<&str>, setup: &WasiSetup) -> Result<WasmExit, WasmError> {
-        let mut builder = wasi_builder(setup)?;
-        // The guest runs on this thread and nothing else runs beside it: a
-        // file operation may block here rather than go to tokio's blocking
-        // pool and back (a thread started on the first one, and two thread
-        // switches per call). Not for wasi:http, whose handlers share the
-        // runtime's worker.
-        builder.allow_blocking_current_thread(true);
+        let builder = wasi_builder(setup, Blocking::CurrentThread)?;
         let limits = SandboxLimits::new(setup.memory_limit);
         let (outcome, denied) = match program {
             Program::Module(module) => self.run_module(path, module, export, builder, limits)?,
@@ -332,9 +326,23 @@ impl WasmSandbox {
     }
 }
 
+/// Where a guest's file and directory operations, blocking to it, run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blocking {
+    /// On the guest's own thread: a WASI command runs on one thread with
+    /// nothing beside it, and tokio's blocking pool would cost a thread
+    /// (started on the first operation) and two thread switches per call.
+    CurrentThread,
+    /// On tokio's blocking pool: wasi:http handlers share the runtime's
+    /// worker, which must not block.
+    Pool,
+}
+
 /// The guest's view: argv, environment, the container's stdio, preopens.
-pub(crate) fn wasi_builder(setup: &WasiSetup) -> Result<WasiCtxBuilder, WasmError> {
+pub(crate) fn wasi_builder(setup: &WasiSetup, blocking: Blocking) -> Result<WasiCtxBuilder, WasmError> {
     let mut builder = WasiCtxBuilder::new();
+    // Before the preopens: each directory takes the setting when added.
+    builder.allow_blocking_current_thread(blocking == Blocking::CurrentThread);
     builder.args(&setup.args).envs(&setup.env).inherit_stdio();
     for preopen in &setup.preopens {
         let perms = if preopen.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
