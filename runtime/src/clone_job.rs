@@ -87,7 +87,7 @@ impl CloneJob {
         }
         match self {
             CloneJob::Create { id, bundle, state_root, process, http_port, oom_notify, own_join: _ } => {
-                let mut executor = process.executor().with_http_port(http_port);
+                let mut executor = process.executor().with_http_port(http_port).waiting_for_start();
                 if let Some(index) = oom_notify {
                     executor = executor.with_oom_notify(fd(index)?);
                 }

@@ -7,7 +7,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
 use libcontainer::workload::default::DefaultExecutor;
-use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use std::collections::HashMap;
+
+use libcontainer::workload::{Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use oci_spec::runtime::Spec;
 
@@ -32,11 +34,27 @@ pub struct HybridExecutor {
     memory_limit: Option<i64>,
     /// Where a wasi:http component listens (http.rs), resolved at Create.
     http_port: u16,
+    /// The process waits for Start once validated (a container's init, not
+    /// an exec): it prepares the guest meanwhile (start_ahead.rs).
+    waits_for_start: bool,
 }
 
 impl HybridExecutor {
     pub fn new(workload: Workload, precompiled: Option<PrecompiledEntry>) -> Self {
-        Self { workload, precompiled, oom_notify: None, memory_limit: None, http_port: crate::http::DEFAULT_HTTP_PORT }
+        Self {
+            workload,
+            precompiled,
+            oom_notify: None,
+            memory_limit: None,
+            http_port: crate::http::DEFAULT_HTTP_PORT,
+            waits_for_start: false,
+        }
+    }
+
+    /// For a container's init, which waits for Start after validation.
+    pub fn waiting_for_start(mut self) -> Self {
+        self.waits_for_start = true;
+        self
     }
 
     pub fn with_http_port(mut self, port: u16) -> Self {
@@ -64,7 +82,7 @@ impl Executor for HybridExecutor {
         // (see close_cloexec_fds); this process's events would only print
         // write errors onto the guest's stderr.
         let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
-        let exit = run_wasm_in_container(spec, &self.workload, self.precompiled.as_ref(), self.oom_notify, self.memory_limit, self.http_port)
+        let exit = run_wasm_in_container(spec, self)
             .map_err(|e| {
                 // Nothing would show it otherwise: libcontainer ends the
                 // process with 255, and this process logs nowhere.
@@ -85,11 +103,38 @@ impl Executor for HybridExecutor {
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         if self.workload.kind.is_wasm() {
-            // Already validated before the container was created.
+            // Already validated before the container was created. An init
+            // is confined now and waits for Start next: it loads the
+            // program meanwhile (see start_ahead.rs). An exec runs at once,
+            // and its creator waits for it to let go of what it inherited.
+            if self.waits_for_start {
+                crate::start_ahead::begin(&self.workload, self.precompiled.as_ref(), &self.kept_fds());
+            }
             Ok(())
         } else {
             DefaultExecutor {}.validate(spec)
         }
+    }
+
+    fn setup_envs(&self, envs: HashMap<String, String>) -> Result<(), ExecutorSetEnvsError> {
+        if self.workload.kind.is_wasm() {
+            // The guest's environment is the spec's, handed to WASI; this
+            // process's own stays blank, and setting it now would race
+            // with the thread start_ahead began.
+            Ok(())
+        } else {
+            DefaultExecutor {}.setup_envs(envs)
+        }
+    }
+}
+
+impl HybridExecutor {
+    /// The descriptors a wasm process keeps when it lets go of what it
+    /// inherited: the OOM pipe, the compile cache entry, and a shim's
+    /// runtime's (see fds::keep_in_clones).
+    fn kept_fds(&self) -> Vec<RawFd> {
+        let entry_fd = self.precompiled.as_ref().map(|entry| entry.file.as_raw_fd());
+        [self.oom_notify, entry_fd].into_iter().flatten().chain(crate::fds::kept_in_clones().iter().copied()).collect()
     }
 }
 
@@ -126,9 +171,8 @@ fn install_termination_handlers() {
 /// knows its stdio and preopens only). Listing nothing there once left an
 /// exec's pipe open: its Start, and the shim's other calls with it, waited
 /// for the exec'd module to end.
-fn close_cloexec_fds(keep: &[Option<RawFd>]) {
-    let kept = crate::fds::kept_in_clones();
-    let keep: Vec<Option<RawFd>> = keep.iter().copied().chain(kept.iter().map(|&fd| Some(fd))).collect();
+fn close_cloexec_fds(keep: &[RawFd]) {
+    let keep: Vec<Option<RawFd>> = keep.iter().map(|&fd| Some(fd)).collect();
     let listed = crate::fds::open_above_stdio();
     if listed.is_empty() {
         close_all_above_stdio_but(&keep);
@@ -188,7 +232,7 @@ fn name_process_after(module: &std::path::Path) {
 /// kernel transforms them as the binary starts. The wasm process never
 /// execs, so make the same change here, or a guest running as uid 1000
 /// would keep an effective set that its native twin would not have.
-fn drop_capabilities_as_exec_would() {
+pub(crate) fn drop_capabilities_as_exec_would() {
     if nix::unistd::geteuid().is_root() {
         // Root keeps what the spec gave it: execve could only add to it.
         return;
@@ -209,17 +253,16 @@ fn drop_capabilities_as_exec_would() {
 
 fn run_wasm_in_container(
     spec: &Spec,
-    workload: &Workload,
-    precompiled: Option<&PrecompiledEntry>,
-    oom_notify: Option<RawFd>,
-    memory_limit: Option<i64>,
-    http_port: u16,
+    executor: &HybridExecutor,
 ) -> Result<WasmExit, crate::wasm::WasmError> {
+    let workload = &executor.workload;
     install_termination_handlers();
-    crate::guest_mounts::blank_host_environment();
-    let entry_fd = precompiled.map(|entry| entry.file.as_raw_fd());
-    close_cloexec_fds(&[oom_notify, entry_fd]);
-    drop_capabilities_as_exec_would();
+    let prepared = crate::start_ahead::take().transpose()?;
+    if prepared.is_none() {
+        crate::guest_mounts::blank_host_environment();
+        close_cloexec_fds(&executor.kept_fds());
+        drop_capabilities_as_exec_would();
+    }
     name_process_after(&workload.entrypoint);
     let process = spec.process().as_ref();
     let args = process.and_then(|p| p.args().clone()).unwrap_or_default();
@@ -238,27 +281,24 @@ fn run_wasm_in_container(
         args,
         env: WasiSetup::env_from_spec(&env),
         preopens,
-        memory_limit: guest_memory_limit(memory_limit.or(spec_memory_limit)),
+        memory_limit: guest_memory_limit(executor.memory_limit.or(spec_memory_limit)),
     };
     let sandbox = WasmSandbox::shared()?;
-    let module = sandbox.load(&workload.entrypoint, precompiled)?;
+    let (module, runtime) = match prepared {
+        Some(prepared) => (prepared.program, prepared.runtime),
+        None => (sandbox.load(&workload.entrypoint, executor.precompiled.as_ref())?, None),
+    };
     // A component that handles requests instead of running (wasi:http/proxy)
     // is served; which world it is stays the sandbox's business.
     if let crate::wasm::Program::Component(component) = &module {
         if workload.export.is_none() && crate::http::component_serves_http(sandbox.engine(), component) {
-            return crate::http::serve(sandbox.engine(), &workload.entrypoint, component, &setup, http_port);
+            return crate::http::serve(sandbox.engine(), &workload.entrypoint, component, &setup, executor.http_port);
         }
     }
-    // wasmtime-wasi blocks on tokio for WASI calls that wait (a sleep, a
-    // read): on the runtime current here, else on a global one with a
-    // worker per core. One worker is all a single guest needs, and every
-    // extra thread costs this process a stack and a malloc arena.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_time()
-        .enable_io()
-        .build()
-        .map_err(|e| crate::wasm::WasmError::Engine(format!("cannot start the wasi runtime: {e}")))?;
+    let runtime = match runtime {
+        Some(runtime) => runtime,
+        None => wasi_runtime()?,
+    };
     let _entered = runtime.enter();
     // What the creating process allocated and freed (the spec, libcontainer's
     // work, the module's bytes) is still in this process's heap, as pages
@@ -269,4 +309,17 @@ fn run_wasm_in_container(
     // And the stack pages libcontainer's init went deep on.
     crate::stack::release_unused();
     sandbox.run(&workload.entrypoint, &module, workload.export.as_deref(), &setup)
+}
+
+/// The runtime wasmtime-wasi blocks on for WASI calls that wait (a sleep,
+/// a read): the one current here, else a global one with a worker per
+/// core. One worker is all a single guest needs, and every extra thread
+/// costs this process a stack and a malloc arena.
+pub(crate) fn wasi_runtime() -> Result<tokio::runtime::Runtime, crate::wasm::WasmError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .enable_io()
+        .build()
+        .map_err(|e| crate::wasm::WasmError::Engine(format!("cannot start the wasi runtime: {e}")))
 }

@@ -22,6 +22,7 @@ pub mod http;
 pub mod preopens;
 pub mod spawner;
 pub mod stack;
+mod start_ahead;
 pub mod stdio;
 pub mod tty;
 pub mod wasm;

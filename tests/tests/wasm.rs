@@ -335,6 +335,42 @@ fn the_guest_sees_no_proc_or_sys_of_the_process_it_runs_in() {
 }
 
 #[test]
+fn a_running_wasm_process_holds_no_environment_or_descriptors_of_the_shim() {
+    // The wasm process is a clone of the shim's spawner that never execs:
+    // what execve would drop (the environment, the descriptors marked
+    // close-on-exec) it must let go of itself, whether the program was
+    // loaded before Start or after.
+    let env = env();
+    let id = unique_id("letgo");
+    let run = env.ctr_out(&["run", "-d", "--runtime", HYBRID_RUNTIME, &image("sleep-wat"), &id]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(env.wait_for_status(&id, "RUNNING", Duration::from_secs(30)), "task {id} never ran");
+    let ps = env.ctr_out(&["task", "ps", &id]);
+    let pid: i32 = ps.stdout.lines().nth(1).and_then(|l| l.split_whitespace().next()?.parse().ok()).expect("the init's pid");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the process's environment");
+    assert!(environ.iter().all(|&b| b == 0), "environment left: {:?}", String::from_utf8_lossy(&environ));
+    let held: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the process's descriptors")
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|target| target.display().to_string())
+        .collect();
+    // Its own: stdio (containerd's fifos), the OOM pipe, the compile cache
+    // entry, wasmtime-wasi's runtime, the preopened root. Not the bundle's
+    // files (the shim's log fifo), not the shim's sockets by path.
+    for target in &held {
+        assert!(
+            !target.contains("io.containerd.runtime.v2.task") && !target.contains("/run/containerd/s/"),
+            "{target} held: {held:?}"
+        );
+    }
+    assert_eq!(env.ctr_out(&["task", "kill", "-s", "SIGKILL", &id]).code, 0);
+    assert!(env.wait_for_status(&id, "STOPPED", Duration::from_secs(10)), "task {id} did not stop");
+    assert_eq!(env.ctr_out(&["task", "rm", &id]).code, 0);
+    assert_eq!(env.ctr_out(&["container", "rm", &id]).code, 0);
+}
+
+#[test]
 fn the_preopens_annotation_narrows_what_the_guest_reaches() {
     let env = env();
     let dir = tempfile::tempdir().expect("tempdir");
