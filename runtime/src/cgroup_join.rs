@@ -292,17 +292,20 @@ impl OwnJoin {
         Self { tasks: dirs.iter().map(|(_, dir)| dir.join("tasks")).collect() }
     }
 
-    /// In the creator: join the cgroups and hide the hierarchies from
-    /// libcontainer (see above). Moves the calling thread only: call in a
-    /// single-threaded process that makes the container.
-    pub(crate) fn run(&self) -> Result<(), OwnJoinError> {
+    /// In the creator: join the cgroups and, when libcontainer's
+    /// intermediate process will run (`hide_hierarchies`), hide the
+    /// hierarchies from it (see above). Moves the calling thread only: call
+    /// in a single-threaded process that makes the container.
+    pub(crate) fn run(&self, hide_hierarchies: bool) -> Result<(), OwnJoinError> {
         for file in &self.tasks {
             std::fs::write(file, "0").map_err(|source| OwnJoinError::Io { path: file.clone(), action: "join", source })?;
         }
         // Best effort: a hierarchy left in view only costs libcontainer's
         // slow join of a process that is there already.
-        if let Err(e) = detach_hierarchies() {
-            tracing::debug!("cgroup hierarchies stay in view: {e}");
+        if hide_hierarchies {
+            if let Err(e) = detach_hierarchies() {
+                tracing::debug!("cgroup hierarchies stay in view: {e}");
+            }
         }
         Ok(())
     }

@@ -79,17 +79,37 @@ impl CloneJob {
     /// child until it exits.
     pub(crate) fn run(self, fds: Vec<OwnedFd>) -> Result<i32, String> {
         let fd = |index: usize| fds.get(index).map(AsRawFd::as_raw_fd).ok_or_else(|| format!("descriptor {index} was not sent"));
+        // A wasm init in cgroups joined here is made without libcontainer's
+        // intermediate process (see direct_init.rs), when its spec allows.
+        let direct_spec = match &self {
+            CloneJob::Create { bundle, process, own_join: Some(_), .. } if process.workload.kind.is_wasm() && process.stdio.is_some() => {
+                crate::direct_init::load_spec(bundle).ok().filter(crate::direct_init::applies_to)
+            }
+            _ => None,
+        };
         // Before libcontainer runs: its intermediate and init are then born
         // in the cgroups (see cgroup_join.rs).
         let (CloneJob::Create { own_join, .. } | CloneJob::Exec { own_join, .. }) = &self;
         if let Some(join) = own_join {
-            join.run().map_err(|e| e.to_string())?;
+            join.run(direct_spec.is_none()).map_err(|e| e.to_string())?;
         }
         match self {
             CloneJob::Create { id, bundle, state_root, process, http_port, oom_notify, own_join: _ } => {
                 let mut executor = process.executor().with_http_port(http_port).waiting_for_start();
                 if let Some(index) = oom_notify {
                     executor = executor.with_oom_notify(fd(index)?);
+                }
+                if let (Some(spec), Some([stdin, stdout, stderr])) = (direct_spec, process.stdio) {
+                    let stdio = crate::direct_init::InitStdio { stdin: fd(stdin)?, stdout: fd(stdout)?, stderr: fd(stderr)? };
+                    let pid = crate::direct_init::create(&id, &bundle, &state_root, spec, executor, stdio)?;
+                    // As below: a guest that would see /proc does not run.
+                    if let Err(e) = crate::guest_mounts::hide_proc(pid) {
+                        if let Ok(mut container) = libcontainer::container::Container::load(state_root.join(&id)) {
+                            let _ = container.delete(true);
+                        }
+                        return Err(e);
+                    }
+                    return Ok(pid);
                 }
                 let builder = process.builder(&id, &state_root, executor, &fds)?;
                 let mut container =
