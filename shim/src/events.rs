@@ -1,11 +1,20 @@
-//! Events to containerd, published from one thread so that they keep the
-//! order containerd requires (create → start → exit → delete) and no RPC
-//! waits on containerd.
-
-use std::sync::mpsc::{channel, Sender};
+//! Events to containerd, published in order (create → start → exit →
+//! delete, as containerd requires) by one task of the shim's ttrpc runtime,
+//! so that no RPC waits on containerd.
+//!
+//! containerd-shim's RemotePublisher holds a synchronous ttrpc client,
+//! whose receiving thread polls its socket every 10 ms to notice a close:
+//! about 100 wakeups a second and 0.5% of a core for every idle shim
+//! (measured: 5 ticks of 10 ms in 10 s), which a node of idle containers
+//! pays per container. The asynchronous client waits on the socket in the
+//! runtime's reactor instead.
 
 use containerd_shim::protos::protobuf::MessageDyn;
-use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::protos::shim::event::Envelope;
+use containerd_shim::protos::shim::events::ForwardRequest;
+use containerd_shim::protos::shim_async::{Client, EventsClient};
+use containerd_shim::protos::ttrpc::context::Context;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 pub struct Event {
     pub topic: &'static str,
@@ -14,30 +23,87 @@ pub struct Event {
 
 #[derive(Clone)]
 pub struct EventSender {
-    tx: Sender<Event>,
+    tx: UnboundedSender<Event>,
 }
 
 impl EventSender {
-    pub fn spawn(publisher: RemotePublisher, namespace: String) -> Self {
-        let (tx, rx) = channel::<Event>();
-        std::thread::Builder::new()
-            .name("events".into())
-            .spawn(move || {
-                for event in rx {
-                    let ctx = containerd_shim::Context::default();
-                    if let Err(e) = publisher.publish(ctx, event.topic, &namespace, event.message) {
-                        tracing::warn!(topic = event.topic, "cannot publish event: {e}");
+    /// Publish to containerd's ttrpc socket at `address` (TTRPC_ADDRESS)
+    /// from a task on `runtime`; connected at the first event, and again
+    /// after a failure (containerd restarted).
+    pub fn spawn(runtime: &tokio::runtime::Handle, address: String, namespace: String) -> Self {
+        let (tx, mut rx) = unbounded_channel::<Event>();
+        runtime.spawn(async move {
+            let mut client: Option<EventsClient> = None;
+            while let Some(event) = rx.recv().await {
+                let topic = event.topic;
+                let request = match forward_request(&namespace, event) {
+                    Ok(request) => request,
+                    Err(e) => {
+                        tracing::warn!(topic, "cannot publish event: {e}");
+                        continue;
+                    }
+                };
+                // Once more on a new connection: the old one may be to a
+                // containerd that has since restarted.
+                for attempt in 0..2 {
+                    if client.is_none() {
+                        client = match Client::connect(&socket_address(&address)).await {
+                            Ok(connected) => Some(EventsClient::new(connected)),
+                            Err(e) => {
+                                tracing::warn!(topic, "cannot connect to containerd at {address} to publish: {e}");
+                                break;
+                            }
+                        };
+                    }
+                    let Some(connected) = &client else { break };
+                    match connected.forward(Context::default(), &request).await {
+                        Ok(_) => break,
+                        Err(e) => {
+                            client = None;
+                            if attempt == 1 {
+                                tracing::warn!(topic, "cannot publish event: {e}");
+                            }
+                        }
                     }
                 }
-            })
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!("cannot start the event thread: {e}"));
+            }
+        });
         Self { tx }
     }
 
     pub fn send(&self, topic: &'static str, message: impl MessageDyn) {
         if self.tx.send(Event { topic, message: Box::new(message) }).is_err() {
-            tracing::warn!(topic, "event thread is gone, event dropped");
+            tracing::warn!(topic, "event task is gone, event dropped");
         }
+    }
+}
+
+fn forward_request(namespace: &str, event: Event) -> Result<ForwardRequest, containerd_shim::Error> {
+    let mut envelope = Envelope::new();
+    envelope.set_topic(event.topic.to_string());
+    envelope.set_namespace(namespace.to_string());
+    envelope.set_timestamp(containerd_shim::util::timestamp()?);
+    envelope.set_event(containerd_shim::util::convert_to_any(event.message)?);
+    let mut request = ForwardRequest::new();
+    request.set_envelope(envelope);
+    Ok(request)
+}
+
+/// containerd hands its ttrpc socket as a path; ttrpc wants a scheme.
+fn socket_address(address: &str) -> String {
+    match address.contains("://") {
+        true => address.to_string(),
+        false => format!("unix://{address}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_path_gets_the_unix_scheme_and_an_address_keeps_its_own() {
+        assert_eq!(socket_address("/run/containerd/containerd.sock.ttrpc"), "unix:///run/containerd/containerd.sock.ttrpc");
+        assert_eq!(socket_address("unix:///a.sock"), "unix:///a.sock");
     }
 }

@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use containerd_shim::protos::shim_async::create_task;
 use containerd_shim::protos::ttrpc::asynchronous::Server;
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, Error, Flags, Shim};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -73,8 +72,7 @@ pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: Unix
     });
     let runtime = runtime.map_err(|e| Error::Other(format!("cannot start the ttrpc runtime: {e}")))?;
     hybrid_runtime::fds::keep_in_clones(kept);
-    let publisher = RemotePublisher::new(&ttrpc_address)?;
-    let task = create_task(Arc::new(AsyncTaskService::new(shim.task_service(publisher))));
+    let task = create_task(Arc::new(AsyncTaskService::new(shim.task_service(runtime.handle(), ttrpc_address))));
     let mut server = runtime.block_on(async {
         let listen_err = |e: std::io::Error| Error::Other(format!("cannot serve on {}: {e}", flags.socket));
         listener.set_nonblocking(true).map_err(listen_err)?;

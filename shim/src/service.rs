@@ -15,7 +15,6 @@ use containerd_shim::protos::topics::{
     TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
 };
 use containerd_shim::protos::ttrpc::{self, Code};
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, TtrpcResult};
 use hybrid_runtime::{ContainerConfig, HybridContainer, StdioPaths};
 use oci_spec::runtime::Spec;
@@ -49,8 +48,7 @@ pub struct TaskService {
 }
 
 impl TaskService {
-    pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
-        let events = EventSender::spawn(publisher, namespace.to_string());
+    pub fn new(namespace: &str, events: EventSender, exit: Arc<ExitSignal>) -> Self {
         let state = SharedState::new();
         spawn_exit_watcher(state.clone(), events.clone());
         Self { namespace: namespace.to_string(), state, events, exit }

@@ -43,8 +43,11 @@ pub struct Unserved;
 impl containerd_shim::Task for Unserved {}
 
 impl HybridShim {
-    pub fn task_service(&self, publisher: RemotePublisher) -> TaskService {
-        TaskService::new(&self.namespace, publisher, self.exit.clone())
+    /// The task service, publishing its events to containerd's ttrpc
+    /// socket at `ttrpc_address` from a task on `runtime`.
+    pub fn task_service(&self, runtime: &tokio::runtime::Handle, ttrpc_address: String) -> TaskService {
+        let events = crate::events::EventSender::spawn(runtime, ttrpc_address, self.namespace.clone());
+        TaskService::new(&self.namespace, events, self.exit.clone())
     }
 }
 

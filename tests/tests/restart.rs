@@ -36,9 +36,15 @@ fn tasks_survive_a_containerd_restart_and_stay_manageable() {
     assert_eq!(exec.code, 3, "exec through the reconnected shim: {exec:?}");
     assert!(exec.stdout.contains("still here"), "{exec:?}");
     for (id, signal, status) in [(&native, "SIGKILL", "137"), (&wasm, "SIGTERM", "143")] {
-        let kill = env.ctr_out(&["task", "kill", "-s", signal, id]);
+        // The exit reaches the new containerd as an event too: the shim's
+        // publisher connects again.
+        let (kill, events) = env.ctr_with_events(&["task", "kill", "-s", signal, id]);
         assert_eq!(kill.code, 0, "kill after the restart: {kill:?}");
         assert!(env.wait_for_status(id, "STOPPED", Duration::from_secs(10)), "{id} did not stop");
+        assert!(
+            events.lines().any(|l| l.contains("/tasks/exit") && l.contains(id.as_str())),
+            "TaskExit published for {id} after the restart:\n{events}"
+        );
         let rm = env.ctr_out(&["task", "rm", id]);
         assert_eq!(rm.code, 0, "{rm:?}");
         // ctr reports a non-zero exit status when it deletes the task.
