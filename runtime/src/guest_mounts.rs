@@ -101,9 +101,11 @@ pub fn rewrite_in_place(path: &Path, spec: &Spec) -> Result<(), String> {
 /// for an expedited RCU grace period (0.1 ms on the idle test machine, 2
 /// to 6 ms in perf recordings of cold starts, which keep the other core
 /// busy), and a create is answered only after this. The namespace this process leaves
-/// (its own copy, where cgroup_join hid the hierarchies) is kept by a
-/// descriptor until the process exits, where its unmounting waits instead;
-/// and the container's /proc is covered rather than detached.
+/// (its own copy, where cgroup_join hid the hierarchies from libcontainer's
+/// intermediate process; the host's, where there was none: see
+/// direct_init.rs) is kept by a descriptor until the process exits, where
+/// its unmounting waits instead; and the container's /proc is covered
+/// rather than detached.
 pub fn hide_proc(pid: i32) -> Result<(), String> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).map_err(|e| format!("cannot open the mount namespace of pid {pid}: {e}"))?;
     if let Ok(own) = std::fs::File::open("/proc/self/ns/mnt") {
@@ -125,7 +127,9 @@ pub fn hide_proc(pid: i32) -> Result<(), String> {
 /// wasm exec into a native container, whose init needs /proc) the guest
 /// could read it. The guest's own environment is the spec's, given
 /// through WASI; glibc's `environ` points into the block and reads empty
-/// strings after. Call while the process is single-threaded.
+/// strings after. Call while the process is single-threaded, and while it
+/// sees a /proc: a container's init does before Start (start_ahead.rs),
+/// as its creator covers /proc before answering.
 pub fn blank_host_environment() {
     let Ok(stat) = procfs::process::Process::myself().and_then(|p| p.stat()) else { return };
     let (Some(start), Some(end)) = (stat.env_start, stat.env_end) else { return };

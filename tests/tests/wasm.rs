@@ -127,9 +127,7 @@ fn a_wasm_container_is_in_its_cgroups_with_the_specs_limits() {
     let limits = ["--memory-limit", "67108864", "--cpu-quota", "50000", "--cpu-period", "100000"];
     let run = env.ctr_out(&[&["run", "-d", "--runtime", HYBRID_RUNTIME][..], &limits, &[&image("sleep-wat"), &id]].concat());
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(env.wait_for_status(&id, "RUNNING", Duration::from_secs(30)), "task {id} never ran");
-    let ps = env.ctr_out(&["task", "ps", &id]);
-    let pid: i32 = ps.stdout.lines().nth(1).and_then(|l| l.split_whitespace().next()?.parse().ok()).expect("the init's pid");
+    let pid = running_pid(env, &id);
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("the guest's cgroups");
     let suffix = format!("/{id}");
     for controller in ["memory", "cpu", "pids"] {
@@ -150,11 +148,7 @@ fn a_wasm_container_is_in_its_cgroups_with_the_specs_limits() {
             assert_eq!(read("cpu.max").as_deref(), Some("50000 100000"), "v2 cpu quota");
         }
     }
-    let kill = env.ctr_out(&["task", "kill", "-s", "SIGKILL", &id]);
-    assert_eq!(kill.code, 0, "{kill:?}");
-    assert!(env.wait_for_status(&id, "STOPPED", Duration::from_secs(10)), "task {id} did not stop");
-    assert_eq!(env.ctr_out(&["task", "rm", &id]).code, 0);
-    assert_eq!(env.ctr_out(&["container", "rm", &id]).code, 0);
+    kill_and_remove(env, &id);
     assert_eq!(cgroups_named(&id), Vec::<std::path::PathBuf>::new(), "cgroups left");
 }
 
@@ -273,6 +267,22 @@ fn a_component_exits_with_the_code_it_gives_exit_with_code() {
     assert_eq!(ran.code, 42, "{ran:?}");
 }
 
+/// The pid of task `id`'s init, once it runs.
+fn running_pid(env: &Env, id: &str) -> i32 {
+    assert!(env.wait_for_status(id, "RUNNING", Duration::from_secs(30)), "task {id} never ran");
+    let ps = env.ctr_out(&["task", "ps", id]);
+    ps.stdout.lines().nth(1).and_then(|l| l.split_whitespace().next()?.parse().ok()).expect("the init's pid")
+}
+
+/// Kill task `id` and remove it and its container.
+fn kill_and_remove(env: &Env, id: &str) {
+    let kill = env.ctr_out(&["task", "kill", "-s", "SIGKILL", id]);
+    assert_eq!(kill.code, 0, "{kill:?}");
+    assert!(env.wait_for_status(id, "STOPPED", Duration::from_secs(10)), "task {id} did not stop");
+    assert_eq!(env.ctr_out(&["task", "rm", id]).code, 0);
+    assert_eq!(env.ctr_out(&["container", "rm", id]).code, 0);
+}
+
 /// `ctr run` of the C example with `args` after its own path, through
 /// hybrid, with extra `ctr run` flags.
 fn run_c_probe(env: &Env, flags: &[&str], args: &[&str]) -> Ran {
@@ -344,9 +354,7 @@ fn a_running_wasm_process_holds_no_environment_or_descriptors_of_the_shim() {
     let id = unique_id("letgo");
     let run = env.ctr_out(&["run", "-d", "--runtime", HYBRID_RUNTIME, &image("sleep-wat"), &id]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(env.wait_for_status(&id, "RUNNING", Duration::from_secs(30)), "task {id} never ran");
-    let ps = env.ctr_out(&["task", "ps", &id]);
-    let pid: i32 = ps.stdout.lines().nth(1).and_then(|l| l.split_whitespace().next()?.parse().ok()).expect("the init's pid");
+    let pid = running_pid(env, &id);
     let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the process's environment");
     assert!(environ.iter().all(|&b| b == 0), "environment left: {:?}", String::from_utf8_lossy(&environ));
     let held: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -364,10 +372,7 @@ fn a_running_wasm_process_holds_no_environment_or_descriptors_of_the_shim() {
             "{target} held: {held:?}"
         );
     }
-    assert_eq!(env.ctr_out(&["task", "kill", "-s", "SIGKILL", &id]).code, 0);
-    assert!(env.wait_for_status(&id, "STOPPED", Duration::from_secs(10)), "task {id} did not stop");
-    assert_eq!(env.ctr_out(&["task", "rm", &id]).code, 0);
-    assert_eq!(env.ctr_out(&["container", "rm", &id]).code, 0);
+    kill_and_remove(env, &id);
 }
 
 #[test]
