@@ -330,6 +330,14 @@ fn directories(cgroups_path: &Path) -> Result<Vec<(ControllerType, PathBuf)>, Ow
     }
 }
 
+/// The v1 `memory.oom_control` of the cgroups at `cgroups_path`, from the
+/// hierarchies found once (libcgroups would read the mount table again).
+pub fn oom_control_file(cgroups_path: &Path) -> Option<PathBuf> {
+    let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
+    let (_, mount) = hierarchies().ok()?.iter().find(|(controller, _)| *controller == ControllerType::Memory)?;
+    Some(mount.join(relative).join("memory.oom_control"))
+}
+
 /// Make `dirs`, listing in `made` each one as soon as it exists.
 fn make(dirs: &[(ControllerType, PathBuf)], made: &mut Vec<PathBuf>) -> Result<(), OwnJoinError> {
     for (controller, dir) in dirs {
@@ -424,6 +432,16 @@ mod tests {
         let listed = std::fs::read_to_string(&procs).expect("readable cgroup.procs");
         let pid = std::process::id().to_string();
         assert!(listed.lines().any(|line| line == pid), "{procs:?} does not list {pid}");
+    }
+
+    #[test]
+    fn the_oom_control_file_is_where_libcgroups_finds_the_memory_hierarchy() {
+        if !own_join_possible() {
+            return;
+        }
+        let path = Path::new("/default/some-container");
+        let theirs = libcgroups::v1::util::get_subsystem_mount_point(&ControllerType::Memory).expect("memory hierarchy");
+        assert_eq!(oom_control_file(path), Some(theirs.join("default/some-container/memory.oom_control")));
     }
 
     #[test]

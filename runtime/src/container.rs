@@ -317,7 +317,8 @@ impl HybridContainer {
             // The manager that applied the resources is the one Stats,
             // the exit and Delete use: nothing is left to learn.
             let poststop = spec.as_ref().and_then(|s| s.hooks().as_ref()).and_then(|h| h.poststop().as_ref()).is_some_and(|h| !h.is_empty());
-            let teardown = Teardown { oom_file: oom_kill_file(path), plain: !poststop };
+            let oom_file = crate::cgroup_join::oom_control_file(path).or_else(|| oom_kill_file(path));
+            let teardown = Teardown { oom_file, plain: !poststop };
             let init_pid = container.pid();
             container.keep_learned(LearnedCgroups { init_pid, manager: manager.any(), teardown });
         }
