@@ -99,21 +99,16 @@ impl CloneJob {
                 if let Some(index) = oom_notify {
                     executor = executor.with_oom_notify(fd(index)?);
                 }
-                if let (Some(spec), Some([stdin, stdout, stderr])) = (direct_spec, process.stdio) {
-                    let stdio = crate::direct_init::InitStdio { stdin: fd(stdin)?, stdout: fd(stdout)?, stderr: fd(stderr)? };
-                    let pid = crate::direct_init::create(&id, &bundle, &state_root, spec, executor, stdio)?;
-                    // As below: a guest that would see /proc does not run.
-                    if let Err(e) = crate::guest_mounts::hide_proc(pid) {
-                        if let Ok(mut container) = libcontainer::container::Container::load(state_root.join(&id)) {
-                            let _ = container.delete(true);
-                        }
-                        return Err(e);
+                let mut container = match (direct_spec, process.stdio) {
+                    (Some(spec), Some([stdin, stdout, stderr])) => {
+                        let stdio = crate::direct_init::InitStdio { stdin: fd(stdin)?, stdout: fd(stdout)?, stderr: fd(stderr)? };
+                        crate::direct_init::create(&id, &bundle, &state_root, spec, executor, stdio)?
                     }
-                    return Ok(pid);
-                }
-                let builder = process.builder(&id, &state_root, executor, &fds)?;
-                let mut container =
-                    builder.as_init(&bundle).with_systemd(false).with_detach(true).build().map_err(|e| e.to_string())?;
+                    _ => {
+                        let builder = process.builder(&id, &state_root, executor, &fds)?;
+                        builder.as_init(&bundle).with_systemd(false).with_detach(true).build().map_err(|e| e.to_string())?
+                    }
+                };
                 // The last thing this process does: it leaves the host's
                 // mount namespace (see guest_mounts.rs). A guest that would
                 // see /proc does not run.

@@ -76,8 +76,9 @@ pub(crate) fn applies_to(spec: &Spec) -> bool {
 }
 
 /// Make container `id`'s init from `bundle`'s `spec` (one [`applies_to`]
-/// accepted), with its state under `state_root`: the init's pid, once it
-/// is ready and waits for Start. This process must be single-threaded and
+/// accepted), with its state under `state_root`: the container, as
+/// libcontainer's builder answers it, once its init is ready and waits
+/// for Start. This process must be single-threaded and
 /// already in the container's cgroups; its pid namespace changes (its
 /// children are born in the container's), so it should end soon after.
 pub(crate) fn create(
@@ -87,7 +88,7 @@ pub(crate) fn create(
     mut spec: Spec,
     executor: HybridExecutor,
     stdio: InitStdio,
-) -> Result<i32, String> {
+) -> Result<Container, String> {
     libcontainer::validator::Validator::validate_spec(&spec).map_err(|e| format!("invalid spec: {e}"))?;
     spec.canonicalize_rootfs(bundle).map_err(|e| format!("bundle {bundle:?}: {e}"))?;
     let container_dir = state_root.join(id);
@@ -109,7 +110,7 @@ fn make_init(
     spec: Spec,
     executor: HybridExecutor,
     stdio: InitStdio,
-) -> Result<i32, String> {
+) -> Result<Container, String> {
     fn failed(what: &'static str) -> impl Fn(String) -> String {
         move |e| format!("{what}: {e}")
     }
@@ -211,7 +212,7 @@ fn make_init(
         .save()
         .map_err(|e| e.to_string())
         .map_err(failed("container state"))?;
-    Ok(pid.as_raw())
+    Ok(container)
 }
 
 /// The bundle's spec, as libcontainer loads it.
