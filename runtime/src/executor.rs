@@ -14,6 +14,7 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 use oci_spec::runtime::Spec;
 
 use crate::limits::guest_memory_limit;
+use crate::start_ahead::Prepared;
 use crate::wasm::{PrecompiledEntry, WasiSetup, WasmExit, WasmSandbox};
 use crate::workload::Workload;
 
@@ -172,13 +173,12 @@ fn install_termination_handlers() {
 /// exec's pipe open: its Start, and the shim's other calls with it, waited
 /// for the exec'd module to end.
 fn close_cloexec_fds(keep: &[RawFd]) {
-    let keep: Vec<Option<RawFd>> = keep.iter().map(|&fd| Some(fd)).collect();
     let listed = crate::fds::open_above_stdio();
     if listed.is_empty() {
-        close_all_above_stdio_but(&keep);
+        close_all_above_stdio_but(keep);
         return;
     }
-    for fd in listed.into_iter().filter(|&fd| !keep.contains(&Some(fd))) {
+    for fd in listed.into_iter().filter(|fd| !keep.contains(fd)) {
         // SAFETY: F_GETFD only reads the descriptor's flags; a stale number (the
         // read_dir handle itself, now closed) just fails with EBADF.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -192,8 +192,8 @@ fn close_cloexec_fds(keep: &[RawFd]) {
 
 /// Close every descriptor above stderr except `keep`, with close_range
 /// over the gaps between the kept ones.
-fn close_all_above_stdio_but(keep: &[Option<RawFd>]) {
-    let mut kept: Vec<u32> = keep.iter().flatten().filter_map(|&fd| u32::try_from(fd).ok()).filter(|&fd| fd > 2).collect();
+fn close_all_above_stdio_but(keep: &[RawFd]) {
+    let mut kept: Vec<u32> = keep.iter().filter_map(|&fd| u32::try_from(fd).ok()).filter(|&fd| fd > 2).collect();
     kept.sort_unstable();
     kept.dedup();
     let mut first = 3u32;
@@ -257,12 +257,16 @@ fn run_wasm_in_container(
 ) -> Result<WasmExit, crate::wasm::WasmError> {
     let workload = &executor.workload;
     install_termination_handlers();
-    let prepared = crate::start_ahead::take().transpose()?;
-    if prepared.is_none() {
-        crate::guest_mounts::blank_host_environment();
-        close_cloexec_fds(&executor.kept_fds());
-        drop_capabilities_as_exec_would();
-    }
+    let may_serve_http = workload.export.is_none();
+    let prepared = match crate::start_ahead::take() {
+        Some(prepared) => prepared?,
+        None => {
+            crate::guest_mounts::blank_host_environment();
+            close_cloexec_fds(&executor.kept_fds());
+            drop_capabilities_as_exec_would();
+            crate::start_ahead::prepare(&workload.entrypoint, executor.precompiled.as_ref(), may_serve_http)?
+        }
+    };
     name_process_after(&workload.entrypoint);
     let process = spec.process().as_ref();
     let args = process.and_then(|p| p.args().clone()).unwrap_or_default();
@@ -285,19 +289,10 @@ fn run_wasm_in_container(
     };
     let sandbox = WasmSandbox::shared()?;
     let (module, runtime) = match prepared {
-        Some(prepared) => (prepared.program, prepared.runtime),
-        None => (sandbox.load(&workload.entrypoint, executor.precompiled.as_ref())?, None),
-    };
-    // A component that handles requests instead of running (wasi:http/proxy)
-    // is served; which world it is stays the sandbox's business.
-    if let crate::wasm::Program::Component(component) = &module {
-        if workload.export.is_none() && crate::http::component_serves_http(sandbox.engine(), component) {
-            return crate::http::serve(sandbox.engine(), &workload.entrypoint, component, &setup, executor.http_port);
+        Prepared::Command { program, runtime } => (program, runtime),
+        Prepared::HttpHandler(component) => {
+            return crate::http::serve(sandbox.engine(), &workload.entrypoint, &component, &setup, executor.http_port)
         }
-    }
-    let runtime = match runtime {
-        Some(runtime) => runtime,
-        None => wasi_runtime()?,
     };
     let _entered = runtime.enter();
     // What the creating process allocated and freed (the spec, libcontainer's
@@ -309,17 +304,4 @@ fn run_wasm_in_container(
     // And the stack pages libcontainer's init went deep on.
     crate::stack::release_unused();
     sandbox.run(&workload.entrypoint, &module, workload.export.as_deref(), &setup)
-}
-
-/// The runtime wasmtime-wasi blocks on for WASI calls that wait (a sleep,
-/// a read): the one current here, else a global one with a worker per
-/// core. One worker is all a single guest needs, and every extra thread
-/// costs this process a stack and a malloc arena.
-pub(crate) fn wasi_runtime() -> Result<tokio::runtime::Runtime, crate::wasm::WasmError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_time()
-        .enable_io()
-        .build()
-        .map_err(|e| crate::wasm::WasmError::Engine(format!("cannot start the wasi runtime: {e}")))
 }

@@ -41,13 +41,19 @@ pub(crate) fn kept_in_clones() -> &'static [RawFd] {
     KEPT_IN_CLONES.get().map(Vec::as_slice).unwrap_or_default()
 }
 
-/// This process's open descriptors above stderr, read from /proc/self/fd.
-/// The listing's own descriptor is among them, closed by the time this
+/// This process's open descriptors above stderr, read from /proc/self/fd
+/// (none where it cannot be read: see [`listed_above_stdio`]). The
+/// listing's own descriptor is among them, closed by the time this
 /// returns: closing or inspecting it fails harmlessly with EBADF.
 pub fn open_above_stdio() -> Vec<RawFd> {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|dir| dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter(|&fd| fd > 2).collect())
-        .unwrap_or_default()
+    listed_above_stdio().unwrap_or_default()
+}
+
+/// [`open_above_stdio`], or None when /proc/self/fd cannot be read (a
+/// wasm container's /proc is covered: see guest_mounts.rs).
+pub fn listed_above_stdio() -> Option<Vec<RawFd>> {
+    let dir = std::fs::read_dir("/proc/self/fd").ok()?;
+    Some(dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter(|&fd| fd > 2).collect())
 }
 
 /// Point stdin, stdout and stderr at /dev/null: a forked process lets go

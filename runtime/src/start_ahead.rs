@@ -26,17 +26,21 @@
 //! is prepared ahead.
 
 use std::os::fd::RawFd;
+use std::path::Path;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
+
+use wasmtime::component::Component;
 
 use crate::wasm::{PrecompiledEntry, Program, WasmError, WasmSandbox};
 use crate::workload::Workload;
 
-/// What the thread made: the program, and the runtime wasmtime-wasi blocks
-/// on (None for a wasi:http component, which serves on a runtime of its own).
-pub(crate) struct Prepared {
-    pub program: Program,
-    pub runtime: Option<tokio::runtime::Runtime>,
+/// What a wasm process runs, loaded ([`prepare`]).
+pub(crate) enum Prepared {
+    /// A WASI command, and the runtime wasmtime-wasi blocks on.
+    Command { program: Program, runtime: tokio::runtime::Runtime },
+    /// A wasi:http component, served on a runtime of its own (http.rs).
+    HttpHandler(Component),
 }
 
 /// A descriptor this process inherited, as it was when listed.
@@ -128,27 +132,43 @@ fn wait_for_exit(pid: nix::unistd::Pid, longest: std::time::Duration) {
     unsafe { libc::poll(&mut poll, 1, timeout) };
 }
 
-fn prepare(entrypoint: &std::path::Path, precompiled: Option<&PrecompiledEntry>, may_serve_http: bool) -> Result<Prepared, WasmError> {
+/// Load the program at `entrypoint` (from its `precompiled` entry when
+/// that loads) and tell what it is: a component that handles requests
+/// instead of running (wasi:http/proxy) is served, unless an export is
+/// named (`may_serve_http` false); anything else runs as a command, on a
+/// WASI runtime started here. Ahead of Start on [`begin`]'s thread, or
+/// after it.
+pub(crate) fn prepare(entrypoint: &Path, precompiled: Option<&PrecompiledEntry>, may_serve_http: bool) -> Result<Prepared, WasmError> {
     let sandbox = WasmSandbox::shared()?;
     let program = sandbox.load(entrypoint, precompiled)?;
     if let Program::Component(component) = &program {
         if may_serve_http && crate::http::component_serves_http(sandbox.engine(), component) {
-            return Ok(Prepared { program, runtime: None });
+            return Ok(Prepared::HttpHandler(component.clone()));
         }
     }
-    let runtime = crate::executor::wasi_runtime()?;
-    Ok(Prepared { program, runtime: Some(runtime) })
+    Ok(Prepared::Command { program, runtime: wasi_runtime()? })
+}
+
+/// The runtime wasmtime-wasi blocks on for WASI calls that wait (a sleep,
+/// a read): the one current here, else a global one with a worker per
+/// core. One worker is all a single guest needs, and every extra thread
+/// costs this process a stack and a malloc arena.
+fn wasi_runtime() -> Result<tokio::runtime::Runtime, WasmError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .enable_io()
+        .build()
+        .map_err(|e| WasmError::Engine(format!("cannot start the wasi runtime: {e}")))
 }
 
 /// The descriptors above stdio this process holds but `keep`, or None
 /// when /proc does not list them.
 fn list_inherited(keep: &[RawFd]) -> Option<Vec<Inherited>> {
-    let dir = std::fs::read_dir("/proc/self/fd").ok()?;
-    let numbers: Vec<RawFd> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
     // The listing's own descriptor is closed by now: fstat fails on it.
-    let inherited = numbers
+    let inherited = crate::fds::listed_above_stdio()?
         .into_iter()
-        .filter(|fd| *fd > 2 && !keep.contains(fd))
+        .filter(|fd| !keep.contains(fd))
         .filter_map(|fd| identify(fd).map(|(dev, ino)| Inherited { fd, dev, ino }))
         .collect();
     Some(inherited)
