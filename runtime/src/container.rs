@@ -12,6 +12,7 @@ use libcontainer::container::Container;
 use nix::sys::signal::Signal;
 use oci_spec::runtime::Spec;
 
+use crate::held_namespace::HeldMountNamespace;
 use crate::clone_job::{CloneJob, JobProcess};
 use crate::compile_cache::CompileCache;
 use crate::wasm;
@@ -106,6 +107,9 @@ pub struct HybridContainer {
     /// What the exit and Delete need, learned off their path (see
     /// [`CgroupWarmup`]).
     teardown: Option<Teardown>,
+    /// Its mount namespace, so that the init's exit does not tear it down
+    /// (see held_namespace.rs).
+    mount_namespace: Option<HeldMountNamespace>,
 }
 
 /// What a container's exit and its Delete need to know, learned ahead of
@@ -230,6 +234,7 @@ impl HybridContainer {
         let mut container = Self::make(config, workload, image_port, compiled, view, manager_ahead)?;
         // Held from here: the process runs only once started.
         container.held_fifos = config.stdio.hold_output_fifos();
+        container.mount_namespace = container.pid().and_then(HeldMountNamespace::of);
         Ok(container)
     }
 
@@ -363,6 +368,7 @@ impl HybridContainer {
             proc_hidden: false,
             cgroups: OnceCell::new(),
             teardown: None,
+            mount_namespace: None,
         })
     }
 
@@ -445,6 +451,12 @@ impl HybridContainer {
     /// The init process, as seen from the shim's pid namespace.
     pub fn pid(&self) -> Option<i32> {
         self.inner.pid().map(|p| p.as_raw())
+    }
+
+    /// Let go of the container's mount namespace, once its init has exited:
+    /// drop what this answers off any request's path (see held_namespace.rs).
+    pub fn take_mount_namespace(&mut self) -> Option<HeldMountNamespace> {
+        self.mount_namespace.take()
     }
 
     pub fn start(&mut self) -> Result<(), ContainerError> {

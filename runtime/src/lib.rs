@@ -19,6 +19,7 @@ pub mod executor;
 pub mod fds;
 pub mod fork_guard;
 pub mod guest_mounts;
+pub mod held_namespace;
 pub mod http;
 pub mod preopens;
 pub mod spawner;

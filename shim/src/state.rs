@@ -10,6 +10,7 @@ use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics::{TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC};
+use hybrid_runtime::held_namespace::HeldMountNamespace;
 use hybrid_runtime::{CgroupWarmup, Console, HybridContainer, PreparedExec, StdioPaths};
 
 use crate::events::EventSender;
@@ -119,7 +120,7 @@ pub fn spawn_exit_watcher(state: Shared, events: EventSender) {
             let recorded = record_exit(&mut state.lock(), pid, exit_code, &events);
             let Some(exited) = recorded else { continue };
             state.exits.send_modify(|n| *n = n.wrapping_add(1));
-            if let ExitedProc::Init { bundle } = exited {
+            if let ExitedProc::Init { bundle, mount_namespace } = exited {
                 // A task whose init exited can only be deleted: its rootfs
                 // is unmounted now, while containerd takes the exit to its
                 // client, instead of in Delete, where the unmount's wait for
@@ -128,6 +129,9 @@ pub fn spawn_exit_watcher(state: Shared, events: EventSender) {
                 // namespace, pivoted into it). Delete unmounts what is
                 // still there.
                 crate::rootfs::unmount_all(&bundle);
+                // Its mount namespace is torn down here, not in the
+                // init's exit (see hybrid_runtime::held_namespace).
+                drop(mount_namespace);
             }
         }
     });
@@ -158,7 +162,7 @@ pub fn learn_cgroups(state: &Shared, id: &str, warmup: CgroupWarmup) {
 
 /// Which of a container's processes an exit was.
 enum ExitedProc {
-    Init { bundle: PathBuf },
+    Init { bundle: PathBuf, mount_namespace: Option<HeldMountNamespace> },
     Exec,
 }
 
@@ -207,7 +211,7 @@ fn record_exit(st: &mut State, pid: i32, exit_code: i32, events: &EventSender) -
             );
             proc.exited = Some(exited);
             return Some(match is_init {
-                true => ExitedProc::Init { bundle: entry.bundle.clone() },
+                true => ExitedProc::Init { bundle: entry.bundle.clone(), mount_namespace: entry.container.take_mount_namespace() },
                 false => ExitedProc::Exec,
             });
         }

@@ -211,6 +211,19 @@ fn two_hundred_cycles_leak_no_fd_mount_cgroup_or_zombie() {
     remove(env, &anchor);
 }
 
+/// The pid of task `id`'s init, as `ctr task ls` shows it.
+fn task_pid(env: &Env, id: &str) -> i32 {
+    let ls = env.ctr_out(&["task", "ls"]);
+    let line = ls.stdout.lines().find(|l| l.split_whitespace().next() == Some(id));
+    line.and_then(|l| l.split_whitespace().nth(1)).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no pid for {id}: {ls:?}"))
+}
+
+/// How many of `pid`'s descriptors are links to `target` (a namespace).
+fn descriptors_linking_to(pid: i32, target: &std::path::Path) -> usize {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+    fds.iter().filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|link| link == target)).count()
+}
+
 /// Whether `path` is a mount point in this (the shim's) mount namespace.
 fn is_mount_point(path: &std::path::Path) -> bool {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -226,13 +239,24 @@ fn a_rootfs_is_unmounted_when_its_init_exits_and_the_task_is_still_deletable() {
         run_detached(env, &id, &image_ref, None, args);
         let rootfs = env.state.join("state/io.containerd.runtime.v2.task/default").join(&id).join("rootfs");
         assert!(is_mount_point(&rootfs), "{id}: the running container's rootfs {rootfs:?} is mounted");
+        // The shim holds the container's mount namespace while it runs, so
+        // that the init's exit does not wait for its teardown.
+        let shim = shims_on(shim_address(env, &id).trim_start_matches("unix://"))[0];
+        let init = task_pid(env, &id);
+        let namespace = std::fs::read_link(format!("/proc/{init}/ns/mnt")).expect("the init's mount namespace");
+        assert_eq!(descriptors_linking_to(shim, &namespace), 1, "{id}: the shim holds {namespace:?}");
         let kill = env.ctr_out(&["task", "kill", "-s", "SIGKILL", &id]);
         assert_eq!(kill.code, 0, "{kill:?}");
         assert!(env.wait_for_status(&id, "STOPPED", Duration::from_secs(10)), "{id} never stopped");
-        // The task is stopped, not deleted: its rootfs is already let go.
+        // The task is stopped, not deleted: its rootfs and its mount
+        // namespace are already let go.
         assert!(
             wait_until(Duration::from_secs(5), || !is_mount_point(&rootfs)),
             "{id}: rootfs {rootfs:?} still mounted after its init exited"
+        );
+        assert!(
+            wait_until(Duration::from_secs(5), || descriptors_linking_to(shim, &namespace) == 0),
+            "{id}: the shim still holds {namespace:?} after the init exited"
         );
         assert_eq!(env.task_status(&id).as_deref(), Some("STOPPED"), "{id}: the task is still there");
         let rm = env.ctr_out(&["task", "rm", &id]);
