@@ -14,6 +14,9 @@ use containerd_shim::protos::shim::event::Envelope;
 use containerd_shim::protos::shim::events::ForwardRequest;
 use containerd_shim::protos::shim_async::{Client, EventsClient};
 use containerd_shim::protos::ttrpc::context::Context;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 pub struct Event {
@@ -24,6 +27,22 @@ pub struct Event {
 #[derive(Clone)]
 pub struct EventSender {
     tx: UnboundedSender<Event>,
+    /// How many events are sent and not yet forwarded (or given up on).
+    pending: Arc<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    count: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Pending {
+    fn add(&self, n: isize) {
+        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        *count = count.saturating_add_signed(n);
+        self.changed.notify_all();
+    }
 }
 
 impl EventSender {
@@ -32,6 +51,8 @@ impl EventSender {
     /// after a failure (containerd restarted).
     pub fn spawn(runtime: &tokio::runtime::Handle, address: String, namespace: String) -> Self {
         let (tx, mut rx) = unbounded_channel::<Event>();
+        let pending = Arc::new(Pending::default());
+        let done = pending.clone();
         runtime.spawn(async move {
             let mut client: Option<EventsClient> = None;
             while let Some(event) = rx.recv().await {
@@ -40,6 +61,7 @@ impl EventSender {
                     Ok(request) => request,
                     Err(e) => {
                         tracing::warn!(topic, "cannot publish event: {e}");
+                        done.add(-1);
                         continue;
                     }
                 };
@@ -66,15 +88,29 @@ impl EventSender {
                         }
                     }
                 }
+                done.add(-1);
             }
         });
-        Self { tx }
+        Self { tx, pending }
     }
 
     pub fn send(&self, topic: &'static str, message: impl MessageDyn) {
+        self.pending.add(1);
         if self.tx.send(Event { topic, message: Box::new(message) }).is_err() {
+            self.pending.add(-1);
             tracing::warn!(topic, "event task is gone, event dropped");
         }
+    }
+
+    /// Wait until every event sent so far is forwarded (or given up on),
+    /// at most `limit`; false when some are still queued. For a shim about
+    /// to exit, whose last events (a TaskDelete) would otherwise be lost.
+    /// Not from the runtime's own threads: it blocks.
+    pub fn flush(&self, limit: Duration) -> bool {
+        let count = self.pending.count.lock().unwrap_or_else(|p| p.into_inner());
+        let waited = self.pending.changed.wait_timeout_while(count, limit, |n| *n > 0);
+        let (count, _) = waited.unwrap_or_else(|p| p.into_inner());
+        *count == 0
     }
 }
 

@@ -40,6 +40,9 @@ fn process_not_found(id: &str, exec_id: &str) -> ttrpc::Error {
     status_error(Code::NOT_FOUND, format!("container {id}: exec {exec_id} not found"))
 }
 
+/// How long Shutdown waits for the events still queued to go out.
+const EVENT_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct TaskService {
     namespace: String,
     state: Shared,
@@ -412,6 +415,11 @@ impl TaskService {
     pub fn shutdown(&self, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
         // A shim serving a group lives until its last container is deleted.
         if self.lock().containers.is_empty() {
+            // The serving loop exits at once (see serve.rs): the events
+            // still queued (the last container's TaskDelete) go out first.
+            if !self.events.flush(EVENT_FLUSH_LIMIT) {
+                tracing::warn!("events still queued at shutdown are dropped");
+            }
             self.exit.signal();
         }
         Ok(api::Empty::default())

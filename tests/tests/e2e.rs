@@ -351,3 +351,23 @@ fn a_native_process_killed_by_the_oom_killer_reports_137_and_task_oom() {
         "TaskOOM published for {id}:\n{events}"
     );
 }
+
+#[test]
+fn a_run_publishes_create_start_exit_and_delete_in_order() {
+    let env = env();
+    for (image_ref, args) in [(image("busybox"), &["true"][..]), (image("hello-rust"), &[][..])] {
+        let id = unique_id("events");
+        let mut cmd = vec!["run", "--rm", "--runtime", HYBRID_RUNTIME, image_ref.as_str(), id.as_str()];
+        cmd.extend(args);
+        let (ran, events) = env.ctr_with_events(&cmd);
+        assert_eq!(ran.code, 0, "{ran:?}");
+        // The last one, TaskDelete, is queued just before the shim is told
+        // to shut down: it must still go out.
+        let topics: Vec<&str> = events
+            .lines()
+            .filter(|l| l.contains(&id))
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+            .collect();
+        assert_eq!(topics, ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"], "{id}:\n{events}");
+    }
+}
