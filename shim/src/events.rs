@@ -47,14 +47,17 @@ impl Pending {
 
 impl EventSender {
     /// Publish to containerd's ttrpc socket at `address` (TTRPC_ADDRESS)
-    /// from a task on `runtime`; connected at the first event, and again
-    /// after a failure (containerd restarted).
+    /// from a task on `runtime`; connected at once, and again after a
+    /// failure (containerd restarted).
     pub fn spawn(runtime: &tokio::runtime::Handle, address: String, namespace: String) -> Self {
         let (tx, mut rx) = unbounded_channel::<Event>();
         let pending = Arc::new(Pending::default());
         let done = pending.clone();
         runtime.spawn(async move {
-            let mut client: Option<EventsClient> = None;
+            // Connected now, while the shim waits for its first Create:
+            // not between Create's answer and Start, where containerd
+            // would accept the connection before it takes the event.
+            let mut client = Client::connect(&socket_address(&address)).await.ok().map(EventsClient::new);
             while let Some(event) = rx.recv().await {
                 let topic = event.topic;
                 let request = match forward_request(&namespace, event) {
