@@ -213,10 +213,10 @@ impl HybridContainer {
         // The manager of the cgroups the shim makes for such a container
         // is made meanwhile; handed to make, it is that decision.
         let manager_ahead = match (own_join, view.spec.as_ref().and_then(|s| s.linux().as_ref())) {
-            (true, Some(linux)) => Some(crate::cgroup_join::ManagerAhead::start(&libcontainer::utils::get_cgroup_path(
-                linux.cgroups_path(),
-                &config.id,
-            ))),
+            (true, Some(linux)) => Some(crate::cgroup_join::ManagerAhead::start(
+                &libcontainer::utils::get_cgroup_path(linux.cgroups_path(), &config.id),
+                linux.resources().as_ref(),
+            )),
             _ => None,
         };
         // Compile before the container exists: a bad module fails Create,
@@ -294,12 +294,9 @@ impl HybridContainer {
         let owner = LogOwner { id: id.clone(), namespace: config.namespace.clone() };
         let (process, console_socket) =
             JobProcess::prepare(workload, compiled, wasm_memory.get(), terminal, &config.stdio, &owner, &mut fds)?;
-        let resources = spec.as_ref().and_then(|s| s.linux().as_ref()).and_then(|l| l.resources().as_ref());
+        let cgroup_err = |e: crate::cgroup_join::OwnJoinError| ContainerError::Cgroup { id: id.clone(), message: e.to_string() };
         let prepared = match manager_ahead {
-            Some(ahead) => Some(
-                crate::cgroup_join::OwnJoin::prepare(ahead, resources)
-                    .map_err(|e| ContainerError::Cgroup { id: id.clone(), message: e.to_string() })?,
-            ),
+            Some(ahead) => Some(crate::cgroup_join::OwnJoin::prepare(ahead).map_err(cgroup_err)?),
             None => None,
         };
         let job = CloneJob::Create {
@@ -312,13 +309,25 @@ impl HybridContainer {
             own_join: prepared.as_ref().map(|(join, _)| join.clone()),
         };
         if let Err(message) = job.run_cleanly(fds) {
-            if let Some((_, manager)) = &prepared {
-                crate::cgroup_join::remove_own_join(manager);
+            if let Some((_, pending)) = prepared {
+                // Its limits are not wanted: only the manager, to remove the cgroups.
+                if let Ok(manager) = pending.finish() {
+                    crate::cgroup_join::remove_own_join(&manager);
+                }
             }
             return Err(ContainerError::Job { id: id.clone(), action: "create", message });
         }
         let mut container = Self::load(&config.state_root, &id)?;
-        if let (Some((_, manager)), Some(path)) = (prepared, &own_join_path) {
+        // The container's limits hold before Create answers, and so before
+        // its guest can run; they were applied while the creator worked.
+        let prepared = match prepared.map(|(_, pending)| pending.finish()).transpose() {
+            Ok(manager) => manager,
+            Err(e) => {
+                let _ = container.inner.delete(true);
+                return Err(cgroup_err(e));
+            }
+        };
+        if let (Some(manager), Some(path)) = (prepared, &own_join_path) {
             // The manager that applied the resources is the one Stats,
             // the exit and Delete use: nothing is left to learn.
             let poststop = spec.as_ref().and_then(|s| s.hooks().as_ref()).and_then(|h| h.poststop().as_ref()).is_some_and(|h| !h.is_empty());

@@ -155,7 +155,7 @@ fn a_wasm_container_is_in_its_cgroups_with_the_specs_limits() {
 #[test]
 fn limits_the_kernel_refuses_fail_create_naming_them_and_leave_no_cgroup() {
     // A CFS quota under 1 ms is refused by the kernel: the shim applies it
-    // before the container exists, so Create fails and cleans up.
+    // while the container is made, so Create fails and cleans up.
     let env = env();
     let id = unique_id("badlimit");
     let limits = ["--cpu-quota", "100", "--cpu-period", "100000"];
@@ -164,6 +164,8 @@ fn limits_the_kernel_refuses_fail_create_naming_them_and_leave_no_cgroup() {
     assert!(run.stderr.contains("cannot apply") || run.stderr.contains("cpu"), "the error names the limit: {run:?}");
     assert!(!run.stdout.contains("hello from wasm"), "the guest never ran: {run:?}");
     assert_eq!(cgroups_named(&id), Vec::<std::path::PathBuf>::new(), "cgroups left");
+    assert!(!std::path::Path::new("/run/hybrid/default").join(&id).exists(), "container state left");
+    assert_eq!(env.task_status(&id), None, "no task is left");
     let _ = env.ctr_out(&["container", "rm", &id]);
 }
 
