@@ -9,8 +9,8 @@
 //!
 //! So a wasm container's spec loses the mounts libcontainer does not need
 //! (sysfs, cgroup, mqueue, with the masked and read-only paths inside
-//! them) before libcontainer reads it, which also spares the container's
-//! create their mounting. `/proc` libcontainer does need, until its init
+//! them, and those inside /proc) before libcontainer reads it, which also
+//! spares the container's create their mounting. `/proc` libcontainer does need, until its init
 //! is ready: the process that made the container then enters the
 //! container's mount namespace and covers it ([`hide_proc`]). Bind
 //! mounts, tmpfs, volumes and /dev stay where the spec puts them. A native
@@ -31,19 +31,32 @@ pub enum GuestMountsError {
     Save { path: PathBuf, message: String },
 }
 
-/// The spec without the kernel's filesystems, or None when it has none.
+/// Where a wasm container's /proc is: covered ([`hide_proc`]) before
+/// anything but libcontainer's init has seen it.
+const COVERED_PROC: &str = "/proc";
+
+/// The spec without the kernel's filesystems, and without the masked and
+/// read-only paths under them or under /proc (which is covered whole:
+/// masking its files one by one cost the init a dozen mounts); None when
+/// it has none of them.
 pub fn without_kernel_filesystems(spec: &Spec) -> Option<Spec> {
     let mounts = spec.mounts().clone().unwrap_or_default();
     let (dropped, kept): (Vec<_>, Vec<_>) =
         mounts.into_iter().partition(|m| m.typ().as_deref().is_some_and(|t| KERNEL_FILESYSTEMS.contains(&t)));
-    if dropped.is_empty() {
+    let mut gone: Vec<PathBuf> = dropped.iter().map(|m| m.destination().clone()).collect();
+    gone.push(PathBuf::from(COVERED_PROC));
+    // A path under a mount that is gone, or covered, has nothing to mask or protect.
+    let hidden = |path: &String| gone.iter().any(|g| Path::new(path).starts_with(g));
+    let keep = |paths: &Option<Vec<String>>| -> Option<Vec<String>> {
+        paths.as_ref().map(|p| p.iter().filter(|p| !hidden(p)).cloned().collect())
+    };
+    let linux = spec.linux().as_ref();
+    let paths_hidden = linux.is_some_and(|l| {
+        [l.masked_paths(), l.readonly_paths()].into_iter().flatten().flatten().any(|p| hidden(p))
+    });
+    if dropped.is_empty() && !paths_hidden {
         return None;
     }
-    let gone: Vec<PathBuf> = dropped.iter().map(|m| m.destination().clone()).collect();
-    // A path under a mount that is gone has nothing to mask or protect.
-    let keep = |paths: &Option<Vec<String>>| -> Option<Vec<String>> {
-        paths.as_ref().map(|p| p.iter().filter(|p| !gone.iter().any(|g| Path::new(p).starts_with(g))).cloned().collect())
-    };
     let mut spec = spec.clone();
     spec.set_mounts(Some(kept));
     if let Some(mut linux) = spec.linux().clone() {
@@ -183,8 +196,24 @@ mod tests {
         let expected = ["/proc", "/dev", "/dev/pts", "/data"].map(PathBuf::from);
         assert_eq!(dests, expected);
         let linux = narrowed.linux().as_ref().unwrap();
-        assert_eq!(linux.masked_paths().as_deref(), Some(&["/proc/kcore".to_string(), "/data/secret".to_string()][..]));
-        assert_eq!(linux.readonly_paths().as_deref(), Some(&["/proc/sys".to_string()][..]));
+        // Those under /proc go too: it is covered whole.
+        assert_eq!(linux.masked_paths().as_deref(), Some(&["/data/secret".to_string()][..]));
+        assert_eq!(linux.readonly_paths().as_deref(), Some(&[][..]));
+    }
+
+    #[test]
+    fn paths_under_proc_alone_are_dropped_too() {
+        let linux = oci_spec::runtime::LinuxBuilder::default()
+            .masked_paths(vec!["/proc/kcore".to_string(), "/data/secret".to_string()])
+            .readonly_paths(vec!["/proc/sys".to_string()])
+            .build()
+            .unwrap();
+        let spec = SpecBuilder::default().mounts(vec![mount("/proc", "proc"), mount("/data", "bind")]).linux(linux).build().unwrap();
+        let narrowed = without_kernel_filesystems(&spec).expect("changed");
+        assert_eq!(narrowed.mounts(), spec.mounts(), "the mounts stay");
+        let linux = narrowed.linux().as_ref().unwrap();
+        assert_eq!(linux.masked_paths().as_deref(), Some(&["/data/secret".to_string()][..]));
+        assert_eq!(linux.readonly_paths().as_deref(), Some(&[][..]));
     }
 
     #[test]
@@ -205,7 +234,12 @@ mod tests {
 
     #[test]
     fn a_spec_without_them_is_left_alone() {
-        let spec = SpecBuilder::default().mounts(vec![mount("/proc", "proc"), mount("/data", "bind")]).build().unwrap();
+        let linux = oci_spec::runtime::LinuxBuilder::default()
+            .masked_paths(vec!["/data/secret".to_string()])
+            .readonly_paths(vec![])
+            .build()
+            .unwrap();
+        let spec = SpecBuilder::default().mounts(vec![mount("/proc", "proc"), mount("/data", "bind")]).linux(linux).build().unwrap();
         assert!(without_kernel_filesystems(&spec).is_none());
     }
 }
