@@ -185,7 +185,10 @@ struct SpecView {
 
 impl SpecView {
     fn load(bundle: &Path) -> Self {
-        let spec = Spec::load(bundle.join("config.json")).ok();
+        Self::of(Spec::load(bundle.join("config.json")).ok())
+    }
+
+    fn of(spec: Option<Spec>) -> Self {
         let annotations = spec.as_ref().and_then(|spec| spec.annotations().clone()).unwrap_or_default();
         let wasm_memory = WasmMemoryLimit::from_spec(spec.as_ref());
         let terminal = spec.as_ref().and_then(|s| s.process().as_ref()).and_then(|p| p.terminal()).unwrap_or(false);
@@ -197,19 +200,24 @@ impl HybridContainer {
     /// Create the container: namespaces, rootfs, cgroup, and an init process
     /// that waits for `start`. `workload` says what the init process will run.
     pub fn create(config: &ContainerConfig, workload: Workload) -> Result<Self, ContainerError> {
-        Self::create_with_image_port(config, workload, None)
+        Self::create_from(config, SpecView::load(&config.bundle), workload, None)
     }
 
-    /// [`create`](Self::create), with the tcp port the image EXPOSEs: where
-    /// a wasi:http component listens unless an annotation says otherwise.
-    pub fn create_with_image_port(config: &ContainerConfig, workload: Workload, image_port: Option<u16>) -> Result<Self, ContainerError> {
+    /// [`create`](Self::create) from the bundle's `spec`, as the caller
+    /// loaded it (its config.json, read once per Create), with the tcp port
+    /// the image EXPOSEs: where a wasi:http component listens unless an
+    /// annotation says otherwise.
+    pub fn create_with_spec(config: &ContainerConfig, spec: Spec, workload: Workload, image_port: Option<u16>) -> Result<Self, ContainerError> {
+        Self::create_from(config, SpecView::of(Some(spec)), workload, image_port)
+    }
+
+    fn create_from(config: &ContainerConfig, view: SpecView, workload: Workload, image_port: Option<u16>) -> Result<Self, ContainerError> {
         // The init process joins its cgroups some milliseconds from now:
         // start the kernel's wait for that now, and keep it from coming
         // back until the container exists (see cgroup_join.rs). Not for a
         // wasm container on a cgroup v1 host: its creator joins without it.
         let own_join = workload.kind.is_wasm() && crate::cgroup_join::own_join_possible();
         let _join_window = (!own_join).then(crate::cgroup_join::JoinWindow::for_request);
-        let view = SpecView::load(&config.bundle);
         // The manager of the cgroups the shim makes for such a container
         // is made meanwhile; handed to make, it is that decision.
         let manager_ahead = match (own_join, view.spec.as_ref().and_then(|s| s.linux().as_ref())) {

@@ -83,7 +83,7 @@ fn create_container(req: &api::CreateTaskRequest, namespace: &str) -> Result<Hyb
         stdio: StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() },
         namespace: namespace.to_string(),
     };
-    HybridContainer::create_with_image_port(&config, workload, image_port).map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))
+    HybridContainer::create_with_spec(&config, spec, workload, image_port).map_err(|e| status_error(Code::INVALID_ARGUMENT, e.to_string()))
 }
 
 fn status_of(proc: &Proc, paused: bool) -> Status {
