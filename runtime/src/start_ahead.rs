@@ -146,6 +146,7 @@ pub(crate) fn prepare(entrypoint: &Path, precompiled: Option<&PrecompiledEntry>,
             return Ok(Prepared::HttpHandler(component.clone()));
         }
     }
+    sandbox.link_ahead(entrypoint, &program)?;
     Ok(Prepared::Command { program, runtime: wasi_runtime()? })
 }
 
