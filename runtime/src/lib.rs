@@ -10,6 +10,7 @@ mod clone_job;
 pub mod cgroup_mount;
 pub mod compile_cache;
 pub mod container;
+pub mod deferred_removal;
 mod direct_init;
 pub mod exec;
 pub mod limits;

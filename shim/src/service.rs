@@ -40,8 +40,9 @@ fn process_not_found(id: &str, exec_id: &str) -> ttrpc::Error {
     status_error(Code::NOT_FOUND, format!("container {id}: exec {exec_id} not found"))
 }
 
-/// How long Shutdown waits for the events still queued to go out.
-const EVENT_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long Shutdown waits for the events still queued to go out, and as
+/// long for the removal of deleted containers' state.
+const SHUTDOWN_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct TaskService {
     namespace: String,
@@ -417,8 +418,12 @@ impl TaskService {
         if self.lock().containers.is_empty() {
             // The serving loop exits at once (see serve.rs): the events
             // still queued (the last container's TaskDelete) go out first.
-            if !self.events.flush(EVENT_FLUSH_LIMIT) {
+            if !self.events.flush(SHUTDOWN_WAIT_LIMIT) {
                 tracing::warn!("events still queued at shutdown are dropped");
+            }
+            // And the state of the containers it deleted is removed.
+            if !hybrid_runtime::deferred_removal::wait_for_removals(SHUTDOWN_WAIT_LIMIT) {
+                tracing::warn!("container state still being removed at shutdown is left");
             }
             self.exit.signal();
         }

@@ -200,11 +200,15 @@ fn two_hundred_cycles_leak_no_fd_mount_cgroup_or_zombie() {
     assert_eq!(zombie_children(shim), 0, "zombies under the shim");
     let prefix = format!("{group}-c");
     assert_eq!(mounts_containing(&prefix), Vec::<String>::new(), "mounts left");
+    // Nor any state directory renamed aside to be removed after Delete.
     let state_root = PathBuf::from("/run/hybrid/default");
-    let leftover_state: Vec<_> = std::fs::read_dir(&state_root)
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert_eq!(leftover_state, Vec::<PathBuf>::new(), "container state left");
+    let leftover_state = || -> Vec<PathBuf> {
+        std::fs::read_dir(&state_root)
+            .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().contains(&prefix)).map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(5), || leftover_state().is_empty());
+    assert_eq!(leftover_state(), Vec::<PathBuf>::new(), "container state left");
     for n in [10, 100, 209] {
         assert_eq!(cgroups_named(&format!("{prefix}{n}")), Vec::<PathBuf>::new(), "cgroup of cycle {n} left");
     }
