@@ -213,18 +213,21 @@ pub fn own_join_possible() -> bool {
 }
 
 /// libcgroups' v1 manager of a container's cgroups, made on a thread of
-/// its own, which then applies the spec's resources to them: making a
-/// manager reads mountinfo and /proc/self/cgroup for each of twelve
-/// controllers (2.6 ms of cpu on the test machine). The creator needs the
-/// cgroups only, to join them; their limits must hold before the guest
-/// runs, so Create waits for them only once the container is made
-/// ([`OwnJoin::prepare`], then [`PendingLimits::finish`]).
+/// its own while the container is made, which then applies the spec's
+/// resources to them: making a manager reads mountinfo and
+/// /proc/self/cgroup for each of twelve controllers (2.6 ms of cpu on the
+/// test machine). The creator needs the cgroups only, to join them; the
+/// limits must hold before the guest runs, and are applied once the
+/// container's init is made and waits for Start ([`OwnJoin::prepare`],
+/// then [`PendingLimits::finish`]): applied while the init sets up its
+/// /dev, the device rules (a deny-all, then each allowed device, one
+/// write at a time) could refuse its mknod of /dev/null meanwhile.
 pub struct ManagerAhead {
     path: PathBuf,
     resources: Option<LinuxResources>,
-    /// Tells the thread the cgroups exist; answers its manager and how
-    /// the resources' application went.
-    thread: Option<(Sender<()>, Receiver<Applied>)>,
+    /// Tells the thread to apply the resources (true) or only to answer
+    /// its manager (false); answers the manager and how applying went.
+    thread: Option<(Sender<bool>, Receiver<Applied>)>,
 }
 
 /// The manager (if one could be made) and the resources' application.
@@ -234,7 +237,7 @@ impl ManagerAhead {
     /// Start making the manager of the cgroups at `cgroups_path`, which
     /// will apply `resources` to them.
     pub fn start(cgroups_path: &Path, resources: Option<&LinuxResources>) -> Self {
-        let (go, ready) = std::sync::mpsc::channel::<()>();
+        let (go, ready) = std::sync::mpsc::channel::<bool>();
         let (answer, applied) = std::sync::mpsc::channel::<Applied>();
         let path = cgroups_path.to_path_buf();
         let resources = resources.cloned();
@@ -244,11 +247,12 @@ impl ManagerAhead {
                 Ok(manager) => manager,
                 Err(e) => return drop(answer.send((None, Err(e.to_string())))),
             };
-            // Gone without a word: the Create failed before the cgroups.
-            if ready.recv().is_err() {
-                return;
-            }
-            let applied = apply(&manager, resources_for_thread.as_ref());
+            let applied = match ready.recv() {
+                Ok(true) => apply(&manager, resources_for_thread.as_ref()),
+                Ok(false) => Ok(()),
+                // Gone without a word: the Create failed before the cgroups.
+                Err(_) => return,
+            };
             let _ = answer.send((Some(manager), applied));
         });
         if let Err(e) = &started {
@@ -269,25 +273,40 @@ fn apply(manager: &libcgroups::v1::Manager, resources: Option<&LinuxResources>) 
     manager.apply(&opt).map_err(|e| e.to_string())
 }
 
-/// A container's cgroups, made, with the spec's resources being applied.
+/// A container's cgroups, made, with their manager being made.
 pub struct PendingLimits {
     path: PathBuf,
     resources: Option<LinuxResources>,
-    applied: Option<Receiver<Applied>>,
+    thread: Option<(Sender<bool>, Receiver<Applied>)>,
     made: Vec<PathBuf>,
 }
 
 impl PendingLimits {
-    /// Wait for the resources to be applied: the manager the container
-    /// keeps (Stats, the exit and Delete use it). Done here when the
-    /// thread could not. On failure the cgroups are removed, killing what
-    /// joined them.
+    /// Apply the resources, once the container's init is made: the
+    /// manager the container keeps (Stats, the exit and Delete use it).
+    /// Done here when the thread could not. On failure the cgroups are
+    /// removed, killing what joined them.
     pub fn finish(self) -> Result<libcgroups::v1::Manager, OwnJoinError> {
-        let (manager, applied) = match self.applied.and_then(|applied| applied.recv().ok()) {
+        self.answer(true)
+    }
+
+    /// The container was not made: remove its cgroups, limits unapplied.
+    pub fn abandon(self) {
+        if let Ok(manager) = self.answer(false) {
+            remove_own_join(&manager);
+        }
+    }
+
+    fn answer(self, apply_resources: bool) -> Result<libcgroups::v1::Manager, OwnJoinError> {
+        let asked = self.thread.and_then(|(go, answer)| go.send(apply_resources).ok().map(|()| answer));
+        let (manager, applied) = match asked.and_then(|answer| answer.recv().ok()) {
             Some(answer) => answer,
             None => match libcgroups::v1::Manager::new(&self.path) {
                 Ok(manager) => {
-                    let applied = apply(&manager, self.resources.as_ref());
+                    let applied = match apply_resources {
+                        true => apply(&manager, self.resources.as_ref()),
+                        false => Ok(()),
+                    };
                     (Some(manager), applied)
                 }
                 Err(e) => (None, Err(e.to_string())),
@@ -313,8 +332,8 @@ impl PendingLimits {
 
 impl OwnJoin {
     /// In the shim: make the container's cgroups, at the path `ahead`
-    /// makes the manager of, and let it apply the resources meanwhile;
-    /// answers the join for the creator, and the limits being applied.
+    /// makes the manager of; answers the join for the creator, and the
+    /// limits to apply once the container is made.
     pub fn prepare(ahead: ManagerAhead) -> Result<(Self, PendingLimits), OwnJoinError> {
         let dirs = directories(&ahead.path)?;
         let mut made = Vec::new();
@@ -325,8 +344,7 @@ impl OwnJoin {
             }
             return Err(e);
         }
-        let applied = ahead.thread.and_then(|(go, applied)| go.send(()).ok().map(|()| applied));
-        let pending = PendingLimits { path: ahead.path, resources: ahead.resources, applied, made };
+        let pending = PendingLimits { path: ahead.path, resources: ahead.resources, thread: ahead.thread, made };
         Ok((Self::from_dirs(&dirs), pending))
     }
 

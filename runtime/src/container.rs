@@ -318,16 +318,13 @@ impl HybridContainer {
         };
         if let Err(message) = job.run_cleanly(fds) {
             if let Some((_, pending)) = prepared {
-                // Its limits are not wanted: only the manager, to remove the cgroups.
-                if let Ok(manager) = pending.finish() {
-                    crate::cgroup_join::remove_own_join(&manager);
-                }
+                pending.abandon();
             }
             return Err(ContainerError::Job { id: id.clone(), action: "create", message });
         }
         let mut container = Self::load(&config.state_root, &id)?;
         // The container's limits hold before Create answers, and so before
-        // its guest can run; they were applied while the creator worked.
+        // its guest can run; its manager was made while the creator worked.
         let prepared = match prepared.map(|(_, pending)| pending.finish()).transpose() {
             Ok(manager) => manager,
             Err(e) => {
