@@ -11,12 +11,12 @@
 //! ([`wait_for_removals`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-/// How many renamed directories are still being removed.
-static PENDING: Mutex<usize> = Mutex::new(0);
-static REMOVED: Condvar = Condvar::new();
+use crate::in_flight::InFlight;
+
+/// The renamed directories still being removed.
+static REMOVING: InFlight = InFlight::new();
 
 /// The prefix of a directory renamed aside to be removed.
 pub const ASIDE_PREFIX: &str = ".deleted-";
@@ -30,16 +30,16 @@ pub fn remove_dir_soon(dir: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(_) => return remove_now(dir),
     }
-    add(1);
+    REMOVING.started();
     let for_thread = aside.clone();
     let spawned = crate::fork_guard::spawn("state-removal".into(), move || {
         if let Err(e) = std::fs::remove_dir_all(&for_thread) {
             tracing::warn!("cannot remove {for_thread:?}: {e}");
         }
-        add(-1);
+        REMOVING.done();
     });
     if spawned.is_err() {
-        add(-1);
+        REMOVING.done();
         return remove_now(&aside);
     }
     Ok(())
@@ -48,15 +48,7 @@ pub fn remove_dir_soon(dir: &Path) -> std::io::Result<()> {
 /// Wait until the directories renamed aside are removed, at most `limit`;
 /// false when some are not yet.
 pub fn wait_for_removals(limit: Duration) -> bool {
-    let pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
-    let (pending, _) = REMOVED.wait_timeout_while(pending, limit, |n| *n > 0).unwrap_or_else(|p| p.into_inner());
-    *pending == 0
-}
-
-fn add(n: isize) {
-    let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
-    *pending = pending.saturating_add_signed(n);
-    REMOVED.notify_all();
+    REMOVING.wait_for_none(limit)
 }
 
 fn remove_now(dir: &Path) -> std::io::Result<()> {

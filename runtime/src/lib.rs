@@ -22,6 +22,7 @@ pub mod fork_guard;
 pub mod guest_mounts;
 pub mod held_namespace;
 pub mod http;
+pub mod in_flight;
 pub mod preopens;
 pub mod spawner;
 pub mod stack;

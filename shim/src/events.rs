@@ -14,8 +14,10 @@ use containerd_shim::protos::shim::event::Envelope;
 use containerd_shim::protos::shim::events::ForwardRequest;
 use containerd_shim::protos::shim_async::{Client, EventsClient};
 use containerd_shim::protos::ttrpc::context::Context;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+use hybrid_runtime::in_flight::InFlight;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
@@ -27,22 +29,8 @@ pub struct Event {
 #[derive(Clone)]
 pub struct EventSender {
     tx: UnboundedSender<Event>,
-    /// How many events are sent and not yet forwarded (or given up on).
-    pending: Arc<Pending>,
-}
-
-#[derive(Default)]
-struct Pending {
-    count: Mutex<usize>,
-    changed: Condvar,
-}
-
-impl Pending {
-    fn add(&self, n: isize) {
-        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        *count = count.saturating_add_signed(n);
-        self.changed.notify_all();
-    }
+    /// The events sent and not yet forwarded (or given up on).
+    pending: Arc<InFlight>,
 }
 
 impl EventSender {
@@ -51,7 +39,7 @@ impl EventSender {
     /// failure (containerd restarted).
     pub fn spawn(runtime: &tokio::runtime::Handle, address: String, namespace: String) -> Self {
         let (tx, mut rx) = unbounded_channel::<Event>();
-        let pending = Arc::new(Pending::default());
+        let pending = Arc::new(InFlight::new());
         let done = pending.clone();
         runtime.spawn(async move {
             // Connected now, while the shim waits for its first Create:
@@ -64,7 +52,7 @@ impl EventSender {
                     Ok(request) => request,
                     Err(e) => {
                         tracing::warn!(topic, "cannot publish event: {e}");
-                        done.add(-1);
+                        done.done();
                         continue;
                     }
                 };
@@ -91,16 +79,16 @@ impl EventSender {
                         }
                     }
                 }
-                done.add(-1);
+                done.done();
             }
         });
         Self { tx, pending }
     }
 
     pub fn send(&self, topic: &'static str, message: impl MessageDyn) {
-        self.pending.add(1);
+        self.pending.started();
         if self.tx.send(Event { topic, message: Box::new(message) }).is_err() {
-            self.pending.add(-1);
+            self.pending.done();
             tracing::warn!(topic, "event task is gone, event dropped");
         }
     }
@@ -110,10 +98,7 @@ impl EventSender {
     /// to exit, whose last events (a TaskDelete) would otherwise be lost.
     /// Not from the runtime's own threads: it blocks.
     pub fn flush(&self, limit: Duration) -> bool {
-        let count = self.pending.count.lock().unwrap_or_else(|p| p.into_inner());
-        let waited = self.pending.changed.wait_timeout_while(count, limit, |n| *n > 0);
-        let (count, _) = waited.unwrap_or_else(|p| p.into_inner());
-        *count == 0
+        self.pending.wait_for_none(limit)
     }
 }
 
