@@ -317,11 +317,7 @@ impl PendingLimits {
             (manager, applied) => {
                 match &manager {
                     Some(manager) => remove_own_join(manager),
-                    None => {
-                        for dir in self.made.iter().rev() {
-                            let _ = std::fs::remove_dir(dir);
-                        }
-                    }
+                    None => remove_made(&self.made),
                 }
                 let message = applied.err().unwrap_or_else(|| "no cgroup manager".into());
                 Err(OwnJoinError::Apply { path: self.path, message })
@@ -339,9 +335,7 @@ impl OwnJoin {
         let mut made = Vec::new();
         if let Err(e) = make(&dirs, &mut made) {
             // Nothing is in them yet: a failed Create leaves none behind.
-            for dir in made.iter().rev() {
-                let _ = std::fs::remove_dir(dir);
-            }
+            remove_made(&made);
             return Err(e);
         }
         let pending = PendingLimits { path: ahead.path, resources: ahead.resources, thread: ahead.thread, made };
@@ -404,6 +398,13 @@ pub fn oom_control_file(cgroups_path: &Path) -> Option<PathBuf> {
     let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
     let (_, mount) = hierarchies().ok()?.iter().find(|(controller, _)| *controller == ControllerType::Memory)?;
     Some(mount.join(relative).join("memory.oom_control"))
+}
+
+/// Remove the cgroup directories [`make`] made, the last made first.
+fn remove_made(made: &[PathBuf]) {
+    for dir in made.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 /// Make `dirs`, listing in `made` each one as soon as it exists.
