@@ -53,8 +53,11 @@ fn main() {
             start(flags);
             return;
         }
+        if flags.action == "delete" {
+            std::process::exit(delete(flags));
+        }
     }
-    // `delete` goes through containerd-shim's `run` (as would a serving
+    // Anything else goes through containerd-shim's `run` (a serving
     // process started without `start`, which containerd never does: ours
     // is forked by `start`).
     containerd_shim::run::<shim::HybridShim>(RUNTIME_ID, Some(shim_config()));
@@ -91,6 +94,32 @@ fn start(flags: containerd_shim::Flags) {
             Err(e) => fail(&e),
         },
         Err(e) => fail(&e),
+    }
+}
+
+/// `delete`: containerd's cleanup once the shim serving a container is
+/// gone, which it runs after every shim's exit, while its client waits.
+/// containerd-shim's `run` would first take signals, become a subreaper
+/// and start a thread, none of which the cleanup needs.
+fn delete(flags: containerd_shim::Flags) -> i32 {
+    use containerd_shim::protos::protobuf::Message;
+    use containerd_shim::Shim;
+    use std::io::Write;
+    let mut shim = shim::HybridShim::new(RUNTIME_ID, &flags, &mut shim_config());
+    let response = match shim.delete_shim() {
+        Ok(response) => response,
+        Err(e) => {
+            eprintln!("{RUNTIME_ID}: delete: {e}");
+            return 1;
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    match response.write_to_writer(&mut stdout).map_err(|e| e.to_string()).and_then(|()| stdout.flush().map_err(|e| e.to_string())) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{RUNTIME_ID}: delete: cannot write the answer: {e}");
+            1
+        }
     }
 }
 
