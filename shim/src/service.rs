@@ -63,6 +63,26 @@ impl TaskService {
     }
 }
 
+/// A process's state, as State answers it.
+fn state_of(st: &State, req: &api::StateRequest) -> TtrpcResult<api::StateResponse> {
+    let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+    let proc = entry.proc(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;
+    Ok(api::StateResponse {
+        id: req.id.clone(),
+        exec_id: req.exec_id.clone(),
+        bundle: entry.bundle.display().to_string(),
+        pid: proc.pid,
+        status: status_of(proc, entry.paused).into(),
+        stdin: proc.stdio.stdin.clone(),
+        stdout: proc.stdio.stdout.clone(),
+        stderr: proc.stdio.stderr.clone(),
+        terminal: proc.terminal,
+        exit_status: proc.exited.as_ref().map(|e| e.status).unwrap_or_default(),
+        exited_at: MessageField::from_option(proc.exited.as_ref().map(|e| e.at.clone())),
+        ..Default::default()
+    })
+}
+
 fn create_container(req: &api::CreateTaskRequest, namespace: &str) -> Result<HybridContainer, ttrpc::Error> {
     let bundle = Path::new(&req.bundle);
     let spec = Spec::load(bundle.join("config.json"))
@@ -219,23 +239,14 @@ impl TaskService {
     }
 
     pub fn state(&self, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
-        let st = self.lock();
-        let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
-        let proc = entry.proc(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;
-        Ok(api::StateResponse {
-            id: req.id.clone(),
-            exec_id: req.exec_id.clone(),
-            bundle: entry.bundle.display().to_string(),
-            pid: proc.pid,
-            status: status_of(proc, entry.paused).into(),
-            stdin: proc.stdio.stdin.clone(),
-            stdout: proc.stdio.stdout.clone(),
-            stderr: proc.stdio.stderr.clone(),
-            terminal: proc.terminal,
-            exit_status: proc.exited.as_ref().map(|e| e.status).unwrap_or_default(),
-            exited_at: MessageField::from_option(proc.exited.as_ref().map(|e| e.at.clone())),
-            ..Default::default()
-        })
+        state_of(&self.lock(), &req)
+    }
+
+    /// State's answer when no other call holds the state, else None (see
+    /// task_async: answered on the runtime's worker, without a thread hop).
+    pub fn try_state(&self, req: &api::StateRequest) -> Option<TtrpcResult<api::StateResponse>> {
+        let st = self.state.try_lock()?;
+        Some(state_of(&st, req))
     }
 
     pub fn kill(&self, req: api::KillRequest) -> TtrpcResult<api::Empty> {

@@ -96,6 +96,15 @@ impl SharedState {
         Arc::new(Self { state: Mutex::new(State::default()), exits: tokio::sync::watch::Sender::new(0) })
     }
 
+    /// The state when no other thread holds it (a poisoned lock as `lock`).
+    pub fn try_lock(&self) -> Option<std::sync::MutexGuard<'_, State>> {
+        match self.state.try_lock() {
+            Ok(state) => Some(state),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A poisoned lock means a panic elsewhere; the state is still the best we have.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
