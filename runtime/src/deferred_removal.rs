@@ -1,27 +1,44 @@
-//! Removing a deleted container's state directory after Delete's answer.
+//! Removing a deleted container's state, and closing what it held, after
+//! Delete's answer.
 //!
 //! libcontainer's state (state.json, youki_config.json, the notify socket)
 //! is a few small files; unlinking a file frees its block, and where the
 //! filesystem is mounted with `discard` (the test machine's root, which
 //! holds /run) the unlink waits for the device: 0.4 to 0.5 ms of every
 //! Delete (sched_switch stacks: blkdev_issue_discard from ext4_free_blocks
-//! in the serving thread). Delete now renames the directory aside (one
-//! metadata change: the container's name is free at once) and a thread
-//! removes it; a shim about to exit waits for those threads
-//! ([`wait_for_removals`]).
+//! in the serving thread). The same wait comes with the last close of a
+//! container's stdio fifos: the client removed their directory before
+//! Delete, and that close frees the directory's block (0.3 to 4 ms,
+//! `close` in the Delete's thread). Delete now renames the state directory
+//! aside (one metadata change: the container's name is free at once) and
+//! hands both to one thread, which runs the work queued and exits when
+//! none is left; a shim about to exit waits for it ([`wait_for_removals`]),
+//! after its last answer.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::in_flight::InFlight;
 
-/// The renamed directories still being removed.
+/// The work queued and not yet done.
 static REMOVING: InFlight = InFlight::new();
+
+/// The work waiting for the thread, and whether that thread runs.
+static QUEUE: Mutex<Queue> = Mutex::new(Queue { jobs: VecDeque::new(), worker: false });
+
+type Job = Box<dyn FnOnce() + Send>;
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    worker: bool,
+}
 
 /// The prefix of a directory renamed aside to be removed.
 pub const ASIDE_PREFIX: &str = ".deleted-";
 
-/// Remove the directory `dir`: renamed aside now, removed by a thread.
+/// Remove the directory `dir`: renamed aside now, removed by the thread.
 /// Removed here, as before, when it cannot be renamed or no thread starts.
 pub fn remove_dir_soon(dir: &Path) -> std::io::Result<()> {
     let Some(aside) = aside_name(dir) else { return remove_now(dir) };
@@ -30,23 +47,61 @@ pub fn remove_dir_soon(dir: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(_) => return remove_now(dir),
     }
-    REMOVING.started();
-    let for_thread = aside.clone();
-    let spawned = crate::fork_guard::spawn("state-removal".into(), move || {
-        if let Err(e) = std::fs::remove_dir_all(&for_thread) {
-            tracing::warn!("cannot remove {for_thread:?}: {e}");
+    soon(Box::new(move || {
+        if let Err(e) = remove_now(&aside) {
+            tracing::warn!("cannot remove {aside:?}: {e}");
         }
-        REMOVING.done();
-    });
-    if spawned.is_err() {
-        REMOVING.done();
-        return remove_now(&aside);
-    }
+    }));
     Ok(())
 }
 
-/// Wait until the directories renamed aside are removed, at most `limit`;
-/// false when some are not yet.
+/// Drop `value` (a deleted container's descriptors, say) on the thread.
+pub fn drop_soon<T: Send + 'static>(value: T) {
+    soon(Box::new(move || drop(value)));
+}
+
+/// Queue `job` for the thread, starting it when it does not run; run it
+/// here when no thread starts.
+fn soon(job: Job) {
+    REMOVING.started();
+    let mut queue = QUEUE.lock().unwrap_or_else(|p| p.into_inner());
+    queue.jobs.push_back(job);
+    if queue.worker {
+        return;
+    }
+    match crate::fork_guard::spawn("state-removal".into(), run_queued) {
+        Ok(_) => queue.worker = true,
+        Err(_) => {
+            let jobs = std::mem::take(&mut queue.jobs);
+            drop(queue);
+            for job in jobs {
+                job();
+                REMOVING.done();
+            }
+        }
+    }
+}
+
+/// The thread: the queued work, oldest first, until none is left.
+fn run_queued() {
+    loop {
+        let job = {
+            let mut queue = QUEUE.lock().unwrap_or_else(|p| p.into_inner());
+            match queue.jobs.pop_front() {
+                Some(job) => job,
+                None => {
+                    queue.worker = false;
+                    return;
+                }
+            }
+        };
+        job();
+        REMOVING.done();
+    }
+}
+
+/// Wait until the queued work is done, at most `limit`; false when some
+/// is not yet.
 pub fn wait_for_removals(limit: Duration) -> bool {
     REMOVING.wait_for_none(limit)
 }
@@ -83,6 +138,22 @@ mod tests {
         assert!(wait_for_removals(Duration::from_secs(5)), "removed within 5 s");
         let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(left, vec![std::ffi::OsString::from("some-container")]);
+    }
+
+    #[test]
+    fn values_are_dropped_in_the_order_given() {
+        struct Noted(usize, std::sync::Arc<Mutex<Vec<usize>>>);
+        impl Drop for Noted {
+            fn drop(&mut self) {
+                self.1.lock().unwrap().push(self.0);
+            }
+        }
+        let dropped = std::sync::Arc::new(Mutex::new(Vec::new()));
+        for n in 0..50 {
+            drop_soon(Noted(n, dropped.clone()));
+        }
+        assert!(wait_for_removals(Duration::from_secs(5)), "dropped within 5 s");
+        assert_eq!(*dropped.lock().unwrap(), (0..50).collect::<Vec<_>>());
     }
 
     #[test]

@@ -29,6 +29,9 @@ use crate::task_async::AsyncTaskService;
 /// and first Stats to share one.
 const CALL_THREAD_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long an exiting shim waits for the deleted containers' removals.
+const REMOVALS_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long after the shim starts its first Create is expected.
 const FIRST_CREATE_WITHIN: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -91,6 +94,13 @@ pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: Unix
     tracing::info!("shim shutting down");
     let address = containerd_shim::util::read_address().unwrap_or_else(|_| flags.socket.clone());
     let _ = std::fs::remove_file(socket_path(&address));
+    // Shutdown has been answered and containerd goes on (it closes the
+    // connection itself): the deleted containers' state and descriptors
+    // still being removed are finished first (see
+    // hybrid_runtime::deferred_removal).
+    if !hybrid_runtime::deferred_removal::wait_for_removals(REMOVALS_WAIT_LIMIT) {
+        tracing::warn!("container state still being removed at exit is left");
+    }
     // Nothing is left to serve (Shutdown found no container, and flushed
     // the events): exit now, without the server's orderly shutdown and the
     // runtime's drop, which joins its threads (about 1 ms). containerd

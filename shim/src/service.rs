@@ -302,7 +302,10 @@ impl TaskService {
             }
             let exited = exec.proc.exited.clone().unwrap_or(Exited { status: 0, at: Timestamp::now() });
             let pid = exec.proc.pid;
-            entry.execs.remove(&req.exec_id);
+            // Its stdio is closed after the answer, as a container's below.
+            if let Some(exec) = entry.execs.remove(&req.exec_id) {
+                hybrid_runtime::deferred_removal::drop_soon(exec);
+            }
             return Ok(api::DeleteResponse { pid, exit_status: exited.status, exited_at: MessageField::some(exited.at), ..Default::default() });
         }
         if entry.init.running() {
@@ -316,7 +319,13 @@ impl TaskService {
         rootfs::unmount_all(&entry.bundle);
         let exited = entry.init.exited.clone().unwrap_or(Exited { status: 0, at: Timestamp::now() });
         let pid = entry.init.pid;
-        st.containers.remove(&req.id);
+        // What the entry holds is closed after the answer: the last close
+        // of the client's stdio fifos, whose directory it removed before
+        // Delete, frees that directory's block on the device (see
+        // hybrid_runtime::deferred_removal).
+        if let Some(entry) = st.containers.remove(&req.id) {
+            hybrid_runtime::deferred_removal::drop_soon(entry);
+        }
         self.events.send(
             TASK_DELETE_EVENT_TOPIC,
             TaskDelete {
@@ -432,10 +441,8 @@ impl TaskService {
             if !self.events.flush(SHUTDOWN_WAIT_LIMIT) {
                 tracing::warn!("events still queued at shutdown are dropped");
             }
-            // And the state of the containers it deleted is removed.
-            if !hybrid_runtime::deferred_removal::wait_for_removals(SHUTDOWN_WAIT_LIMIT) {
-                tracing::warn!("container state still being removed at shutdown is left");
-            }
+            // The state of the containers it deleted is removed after the
+            // answer, before the process exits (serve.rs).
             self.exit.signal();
         }
         Ok(api::Empty::default())
