@@ -56,8 +56,8 @@ pub(crate) enum CloneJob {
         process: JobProcess,
         /// Where a wasi:http component listens.
         http_port: u16,
-        /// Index of the out-of-memory pipe's write end, for a wasm init.
-        oom_notify: Option<usize>,
+        /// Index of the guest report pipe's write end, for a wasm init.
+        guest_report_fd: Option<usize>,
         /// The cgroups this process joins itself before libcontainer runs.
         own_join: Option<crate::cgroup_join::OwnJoin>,
     },
@@ -94,10 +94,10 @@ impl CloneJob {
             join.run(direct_spec.is_none()).map_err(|e| e.to_string())?;
         }
         match self {
-            CloneJob::Create { id, bundle, state_root, process, http_port, oom_notify, own_join: _ } => {
+            CloneJob::Create { id, bundle, state_root, process, http_port, guest_report_fd, own_join: _ } => {
                 let mut executor = process.executor().with_http_port(http_port).waiting_for_start();
-                if let Some(index) = oom_notify {
-                    executor = executor.with_oom_notify(fd(index)?);
+                if let Some(index) = guest_report_fd {
+                    executor = executor.with_guest_report(fd(index)?);
                 }
                 let mut container = match (direct_spec, process.stdio) {
                     (Some(spec), Some([stdin, stdout, stderr])) => {

@@ -4,7 +4,7 @@
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager};
@@ -12,6 +12,7 @@ use libcontainer::container::Container;
 use nix::sys::signal::Signal;
 use oci_spec::runtime::Spec;
 
+use crate::guest_report::{GuestReport, GuestReportPipe};
 use crate::held_namespace::HeldMountNamespace;
 use crate::clone_job::{CloneJob, JobProcess};
 use crate::compile_cache::CompileCache;
@@ -90,8 +91,8 @@ pub struct HybridContainer {
     state_root: PathBuf,
     rootfs: PathBuf,
     annotations: HashMap<String, String>,
-    /// The read end of the wasm guest's out-of-memory pipe.
-    oom_events: Option<OwnedFd>,
+    /// The shim's end of the wasm guest's report pipe (guest_report.rs).
+    guest_report: Option<GuestReportPipe>,
     /// The init process's terminal, when its spec asks for one.
     console: Option<Console>,
     namespace: String,
@@ -285,20 +286,20 @@ impl HybridContainer {
             _ => crate::http::DEFAULT_HTTP_PORT,
         };
         let mut fds: Vec<OwnedFd> = Vec::new();
-        // A wasm guest that runs out of memory says so on this pipe; the
-        // write end reaches the container through the job and its clones,
-        // and is closed here once the job is done, so the read end sees EOF
-        // at the container's exit.
-        let oom_events = match is_wasm {
+        // A wasm guest reports its end (its exit code, whether it ran out
+        // of memory) on this pipe; the write end reaches the container
+        // through the job and its clones, and is closed here once the job
+        // is done, so the read end sees EOF at the container's exit.
+        let guest_report = match is_wasm {
             true => {
-                let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                    .map_err(|e| ContainerError::Cgroup { id: id.clone(), message: format!("cannot create the oom pipe: {e}") })?;
+                let (pipe, write) = GuestReportPipe::new()
+                    .map_err(|e| ContainerError::Cgroup { id: id.clone(), message: format!("cannot create the guest's report pipe: {e}") })?;
                 fds.push(write);
-                Some(read)
+                Some(pipe)
             }
             false => None,
         };
-        let oom_notify = is_wasm.then_some(0);
+        let guest_report_fd = is_wasm.then_some(0);
         let owner = LogOwner { id: id.clone(), namespace: config.namespace.clone() };
         let (process, console_socket) =
             JobProcess::prepare(workload, compiled, wasm_memory.get(), terminal, &config.stdio, &owner, &mut fds)?;
@@ -313,7 +314,7 @@ impl HybridContainer {
             state_root: config.state_root.clone(),
             process,
             http_port,
-            oom_notify,
+            guest_report_fd,
             own_join: prepared.as_ref().map(|(join, _)| join.clone()),
         };
         if let Err(message) = job.run_cleanly(fds) {
@@ -353,7 +354,7 @@ impl HybridContainer {
         };
         container.rootfs = config.rootfs.clone();
         container.annotations = annotations;
-        container.oom_events = oom_events;
+        container.guest_report = guest_report;
         container.console = console;
         container.namespace = config.namespace.clone();
         container.wasm_memory = wasm_memory;
@@ -374,7 +375,7 @@ impl HybridContainer {
             state_root: state_root.to_path_buf(),
             rootfs: PathBuf::new(),
             annotations: HashMap::new(),
-            oom_events: None,
+            guest_report: None,
             console: None,
             namespace: String::new(),
             wasm_memory: WasmMemoryLimit::default(),
@@ -386,20 +387,16 @@ impl HybridContainer {
         })
     }
 
-    /// Whether the wasm guest said it ran out of memory: a byte it writes
-    /// on its pipe just before it exits. Ask once the init process has
-    /// exited; the answer is read without waiting (and so no thread of the
-    /// shim has to wait on the pipe while the container lives).
-    pub fn guest_ran_out_of_memory(&self) -> bool {
-        use nix::fcntl::{fcntl, FcntlArg, OFlag};
-        let Some(pipe) = &self.oom_events else { return false };
-        let Ok(flags) = fcntl(pipe.as_raw_fd(), FcntlArg::F_GETFL) else { return false };
-        let nonblocking = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-        if fcntl(pipe.as_raw_fd(), FcntlArg::F_SETFL(nonblocking)).is_err() {
-            return false;
-        }
-        let mut byte = [0u8; 1];
-        matches!(nix::unistd::read(pipe.as_raw_fd(), &mut byte), Ok(1))
+    /// What the wasm guest reported as it ended (see guest_report.rs): read
+    /// without waiting, and kept. Empty for a native container, and for a
+    /// guest that has not ended or was killed.
+    pub fn guest_report(&mut self) -> GuestReport {
+        self.guest_report.as_mut().map(GuestReportPipe::read).unwrap_or_default()
+    }
+
+    /// The pipe the wasm guest reports on, for the shim to wait on.
+    pub fn guest_report_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.guest_report.as_ref().map(GuestReportPipe::as_fd)
     }
 
     /// Take the init process's terminal (terminal: true in its spec).

@@ -27,9 +27,9 @@ pub struct HybridExecutor {
     /// the container's copy of these pages is shared copy-on-write.
     /// The module's compile cache entry, opened by the creator.
     precompiled: Option<PrecompiledEntry>,
-    /// The write end of a pipe to the shim (inherited through the clone): a
-    /// byte on it says the guest ran out of memory, for a TaskOOM event.
-    oom_notify: Option<RawFd>,
+    /// The write end of a pipe to the shim (inherited through the clone):
+    /// the guest's end is reported on it (see guest_report.rs).
+    guest_report_fd: Option<RawFd>,
     /// The container's memory limit as worked out on the host, where the
     /// cgroups above the container (a pod's) can be read; None: the spec's.
     memory_limit: Option<i64>,
@@ -45,7 +45,7 @@ impl HybridExecutor {
         Self {
             workload,
             precompiled,
-            oom_notify: None,
+            guest_report_fd: None,
             memory_limit: None,
             http_port: crate::http::DEFAULT_HTTP_PORT,
             waits_for_start: false,
@@ -68,8 +68,8 @@ impl HybridExecutor {
         self
     }
 
-    pub fn with_oom_notify(mut self, fd: RawFd) -> Self {
-        self.oom_notify = Some(fd);
+    pub fn with_guest_report(mut self, fd: RawFd) -> Self {
+        self.guest_report_fd = Some(fd);
         self
     }
 }
@@ -90,14 +90,12 @@ impl Executor for HybridExecutor {
                 eprintln!("hybrid: {e}");
                 ExecutorError::Other(e.to_string())
             })?;
-        if exit.out_of_memory {
-            if let Some(fd) = self.oom_notify {
-                // SAFETY: fd is the pipe's write end, kept open for this;
-                // a failed write only loses the event, never the exit.
-                unsafe { libc::write(fd, b"!".as_ptr().cast(), 1) };
-            }
-        }
         let code = exit.code;
+        // The shim learns the end now, not from the reap after the
+        // process's teardown (see guest_report.rs).
+        if let Some(fd) = self.guest_report_fd {
+            crate::guest_report::send(fd, code, exit.out_of_memory);
+        }
         // The process is the container's init: its exit status is the task's.
         std::process::exit(code);
     }
@@ -135,7 +133,7 @@ impl HybridExecutor {
     /// runtime's (see fds::keep_in_clones).
     fn kept_fds(&self) -> Vec<RawFd> {
         let entry_fd = self.precompiled.as_ref().map(|entry| entry.file.as_raw_fd());
-        [self.oom_notify, entry_fd].into_iter().flatten().chain(crate::fds::kept_in_clones().iter().copied()).collect()
+        [self.guest_report_fd, entry_fd].into_iter().flatten().chain(crate::fds::kept_in_clones().iter().copied()).collect()
     }
 }
 

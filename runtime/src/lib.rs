@@ -20,6 +20,7 @@ pub mod executor;
 pub mod fds;
 pub mod fork_guard;
 pub mod guest_mounts;
+pub mod guest_report;
 pub mod held_namespace;
 pub mod http;
 pub mod in_flight;

@@ -3,6 +3,7 @@
 //! container lifecycle in `hybrid-runtime`.
 
 mod artifact;
+mod early_exit;
 mod events;
 mod image_port;
 mod info;

@@ -22,6 +22,7 @@ use oci_spec::runtime::Spec;
 use crate::events::EventSender;
 use crate::rootfs;
 use crate::shim::state_root;
+use crate::early_exit::watch_guest_report;
 use crate::state::{spawn_exit_watcher, Entry, Exec, Exited, Proc, Shared, SharedState, State};
 
 pub fn status_error(code: Code, message: impl Into<String>) -> ttrpc::Error {
@@ -44,22 +45,49 @@ fn process_not_found(id: &str, exec_id: &str) -> ttrpc::Error {
 /// long for the removal of deleted containers' state.
 const SHUTDOWN_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long Delete waits for the reap of an init whose exit its guest
+/// reported (early_exit.rs): the process is being torn down, which takes
+/// about a millisecond.
+const REAP_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct TaskService {
     namespace: String,
     state: Shared,
     events: EventSender,
     exit: Arc<ExitSignal>,
+    /// The ttrpc runtime, which also waits on the wasm guests' reports.
+    runtime: tokio::runtime::Handle,
 }
 
 impl TaskService {
-    pub fn new(namespace: &str, events: EventSender, exit: Arc<ExitSignal>) -> Self {
+    pub fn new(namespace: &str, events: EventSender, exit: Arc<ExitSignal>, runtime: tokio::runtime::Handle) -> Self {
         let state = SharedState::new();
         spawn_exit_watcher(state.clone(), events.clone());
-        Self { namespace: namespace.to_string(), state, events, exit }
+        Self { namespace: namespace.to_string(), state, events, exit, runtime }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock()
+    }
+
+    /// The state, locked once container `id`'s init, whose exit its guest
+    /// reported, is reaped too (at most REAP_WAIT_LIMIT): until then the
+    /// process is in its cgroups and holds its mounts. From a blocking
+    /// thread (it waits on the runtime).
+    fn lock_reaped(&self, id: &str) -> MutexGuard<'_, State> {
+        let deadline = std::time::Instant::now() + REAP_WAIT_LIMIT;
+        loop {
+            let st = self.lock();
+            let waiting = st.containers.get(id).is_some_and(|e| e.init.exited.is_some() && !e.init.reaped);
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if !waiting || left.is_zero() {
+                return st;
+            }
+            // Raised by the exit watcher after the reap is recorded.
+            let mut exits = self.state.exits.subscribe();
+            drop(st);
+            let _ = self.runtime.block_on(tokio::time::timeout(left, exits.changed()));
+        }
     }
 }
 
@@ -184,6 +212,11 @@ impl TaskService {
             }
             entry.container.start().map_err(internal)?;
             entry.init.started = true;
+            // A wasm guest reports its end before its process is gone.
+            if let Some(pipe) = entry.container.guest_report_fd().and_then(|fd| fd.try_clone_to_owned().ok()) {
+                let watch = watch_guest_report(&self.runtime, self.state.clone(), self.events.clone(), req.id.clone(), pipe);
+                entry.init.report_watch = Some(watch);
+            }
             let pid = entry.init.pid;
             self.events.send(TASK_START_EVENT_TOPIC, TaskStart { container_id: req.id.clone(), pid, ..Default::default() });
             if let Some(warmup) = entry.container.cgroup_warmup() {
@@ -293,7 +326,7 @@ impl TaskService {
         let _stack = hybrid_runtime::stack::ReleaseOnReturn;
         let span = tracing::info_span!("delete", id = %req.id, exec = %req.exec_id);
         let _enter = span.enter();
-        let mut st = self.lock();
+        let mut st = if req.exec_id.is_empty() { self.lock_reaped(&req.id) } else { self.lock() };
         let entry = st.containers.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
         if !req.exec_id.is_empty() {
             let exec = entry.execs.get(&req.exec_id).ok_or_else(|| process_not_found(&req.id, &req.exec_id))?;

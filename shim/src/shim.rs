@@ -47,7 +47,7 @@ impl HybridShim {
     /// socket at `ttrpc_address` from a task on `runtime`.
     pub fn task_service(&self, runtime: &tokio::runtime::Handle, ttrpc_address: String) -> TaskService {
         let events = crate::events::EventSender::spawn(runtime, ttrpc_address, self.namespace.clone());
-        TaskService::new(&self.namespace, events, self.exit.clone())
+        TaskService::new(&self.namespace, events, self.exit.clone(), runtime.clone())
     }
 }
 

@@ -31,13 +31,18 @@ pub struct Proc {
     pub terminal: bool,
     pub started: bool,
     pub exited: Option<Exited>,
+    /// Reaped: the process is gone. A wasm init's exit is known from its
+    /// guest's report before that (see early_exit.rs).
+    pub reaped: bool,
     /// The process's terminal, when it has one.
     pub console: Option<Console>,
+    /// The task that waits for a wasm init's report (see early_exit.rs).
+    pub report_watch: Option<tokio::task::AbortHandle>,
 }
 
 impl Proc {
     pub fn new(pid: u32, stdio: StdioPaths, terminal: bool) -> Self {
-        Self { pid, stdio, terminal, started: false, exited: None, console: None }
+        Self { pid, stdio, terminal, started: false, exited: None, reaped: false, console: None, report_watch: None }
     }
 
     pub fn running(&self) -> bool {
@@ -57,6 +62,14 @@ pub struct Entry {
     pub init: Proc,
     pub paused: bool,
     pub execs: HashMap<String, Exec>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(watch) = self.report_watch.take() {
+            watch.abort();
+        }
+    }
 }
 
 impl Entry {
@@ -180,45 +193,32 @@ fn record_exit(st: &mut State, pid: i32, exit_code: i32, events: &EventSender) -
         let init = std::iter::once((id.clone(), &mut entry.init, true));
         let execs = entry.execs.iter_mut().map(|(exec_id, e)| (exec_id.clone(), &mut e.proc, false));
         for (proc_id, proc, is_init) in init.chain(execs) {
-            if proc.pid as i32 != pid || proc.exited.is_some() {
+            if proc.pid as i32 != pid || proc.reaped {
                 continue;
             }
-            let exited = Exited { status: exit_code as u32, at: Timestamp::now() };
-            // A terminal's last output is still in it: copy it out before
-            // saying the process exited (bounded: a background child may
-            // hold the terminal open).
-            if let Some(console) = &proc.console {
-                console.wait_output(CONSOLE_DRAIN_TIMEOUT);
+            proc.reaped = true;
+            // Unless its guest's report told the exit already.
+            if proc.exited.is_none() {
+                // A terminal's last output is still in it: copy it out before
+                // saying the process exited (bounded: a background child may
+                // hold the terminal open).
+                if let Some(console) = &proc.console {
+                    console.wait_output(CONSOLE_DRAIN_TIMEOUT);
+                }
+                // The kernel's OOM killer leaves no trace in the exit status but a
+                // SIGKILL: ask the memory cgroup, and say so before the exit. A
+                // wasm guest stopped by its memory limit said so on its pipe.
+                let oom = if !is_init {
+                    None
+                } else if entry.container.guest_report().out_of_memory {
+                    Some("wasm guest ran out of memory")
+                } else if entry.container.oom_kills().is_some_and(|n| n > 0) {
+                    Some("killed by the OOM killer")
+                } else {
+                    None
+                };
+                mark_exited(id, &proc_id, proc, exit_code as u32, oom, ExitKnownFrom::Reap, events);
             }
-            tracing::info!(id = %id, process = %proc_id, pid, exit_code, "process exited");
-            // The kernel's OOM killer leaves no trace in the exit status but a
-            // SIGKILL: ask the memory cgroup, and say so before the exit. A
-            // wasm guest stopped by its memory limit said so on its pipe.
-            let oom = if !is_init {
-                None
-            } else if entry.container.guest_ran_out_of_memory() {
-                Some("wasm guest ran out of memory")
-            } else if entry.container.oom_kills().is_some_and(|n| n > 0) {
-                Some("killed by the OOM killer")
-            } else {
-                None
-            };
-            if let Some(why) = oom {
-                tracing::warn!(id = %id, "{why}");
-                events.send(TASK_OOM_EVENT_TOPIC, TaskOOM { container_id: id.clone(), ..Default::default() });
-            }
-            events.send(
-                TASK_EXIT_EVENT_TOPIC,
-                TaskExit {
-                    container_id: id.clone(),
-                    id: proc_id,
-                    pid: pid as u32,
-                    exit_status: exited.status,
-                    exited_at: MessageField::some(exited.at.clone()),
-                    ..Default::default()
-                },
-            );
-            proc.exited = Some(exited);
             return Some(match is_init {
                 true => ExitedProc::Init { bundle: entry.bundle.clone(), mount_namespace: entry.container.take_mount_namespace() },
                 false => ExitedProc::Exec,
@@ -226,4 +226,36 @@ fn record_exit(st: &mut State, pid: i32, exit_code: i32, events: &EventSender) -
         }
     }
     None
+}
+
+/// How the shim learned of an exit (logged with it).
+#[derive(Debug, Clone, Copy)]
+pub enum ExitKnownFrom {
+    /// The wasm guest's report (early_exit.rs).
+    GuestReport,
+    /// The reaped process's status.
+    Reap,
+}
+
+/// Record `proc`'s exit with `status` and queue its TaskExit event, after
+/// a TaskOOM when `oom` says why it ran out of memory.
+pub fn mark_exited(id: &str, proc_id: &str, proc: &mut Proc, status: u32, oom: Option<&str>, known_from: ExitKnownFrom, events: &EventSender) {
+    let exited = Exited { status, at: Timestamp::now() };
+    tracing::info!(id = %id, process = %proc_id, pid = proc.pid, exit_code = status, ?known_from, "process exited");
+    if let Some(why) = oom {
+        tracing::warn!(id = %id, "{why}");
+        events.send(TASK_OOM_EVENT_TOPIC, TaskOOM { container_id: id.to_string(), ..Default::default() });
+    }
+    events.send(
+        TASK_EXIT_EVENT_TOPIC,
+        TaskExit {
+            container_id: id.to_string(),
+            id: proc_id.to_string(),
+            pid: proc.pid,
+            exit_status: exited.status,
+            exited_at: MessageField::some(exited.at.clone()),
+            ..Default::default()
+        },
+    );
+    proc.exited = Some(exited);
 }

@@ -38,6 +38,33 @@ fn wasm_proc_exit_3_gives_exit_status_3() {
     assert_eq!(ran.code, 3, "{ran:?}");
 }
 
+/// The shim's "process exited" line for container `id`, from containerd's log.
+fn exit_logged(env: &Env, id: &str) -> Option<String> {
+    let needle = format!("id={id} ");
+    env.containerd_log().lines().find(|l| l.contains("process exited") && l.contains(&needle)).map(str::to_string)
+}
+
+#[test]
+fn a_wasm_exit_is_known_from_its_guests_report_and_a_native_one_from_the_reap() {
+    let env = env();
+    let wasm = unique_id("reported");
+    let ran = env.run(HYBRID_RUNTIME, &image("exit-wat"), &wasm, &[]);
+    assert_eq!(ran.code, 3, "{ran:?}");
+    let native = unique_id("reaped");
+    let ran = env.run(HYBRID_RUNTIME, &image("busybox"), &native, &["sh", "-c", "exit 7"]);
+    assert_eq!(ran.code, 7, "{ran:?}");
+    let logged = exit_logged(env, &wasm).unwrap_or_else(|| panic!("no exit logged for {wasm}:\n{}", env.containerd_log()));
+    assert!(logged.contains("exit_code=3") && logged.contains("known_from=GuestReport"), "{logged}");
+    let logged = exit_logged(env, &native).unwrap_or_else(|| panic!("no exit logged for {native}"));
+    assert!(logged.contains("exit_code=7") && logged.contains("known_from=Reap"), "{logged}");
+    // `ctr run --rm` deleted the wasm task right after its exit was
+    // answered, before or while its process was torn down: Delete waited
+    // for the reap, and nothing of it is left.
+    assert_eq!(mounts_containing(&wasm), Vec::<String>::new(), "mounts left");
+    assert_eq!(cgroups_named(&wasm), Vec::<std::path::PathBuf>::new(), "cgroups left");
+    assert!(!std::path::Path::new("/run/hybrid/default").join(&wasm).exists(), "state left");
+}
+
 #[test]
 fn c_wasm_example_runs() {
     let env = env();
