@@ -359,3 +359,15 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
         })
         .collect()
 }
+
+/// Whether `done` holds within `timeout`, asked every 50 ms.
+pub fn wait_until(timeout: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    done()
+}

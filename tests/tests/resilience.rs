@@ -2,7 +2,7 @@
 //! after a lost shim, and no leaks over many create/start/delete cycles.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hybrid_tests::*;
 
@@ -45,17 +45,6 @@ fn remove(env: &Env, id: &str) {
     assert_eq!(rm.code, 0, "{rm:?}");
     let crm = env.ctr_out(&["container", "rm", id]);
     assert_eq!(crm.code, 0, "{crm:?}");
-}
-
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    done()
 }
 
 #[test]

@@ -378,6 +378,26 @@ fn a_running_wasm_process_holds_no_environment_or_descriptors_of_the_shim() {
 }
 
 #[test]
+fn a_create_refused_after_its_cgroups_were_made_leaves_none() {
+    let env = env();
+    let id = unique_id("refused");
+    // The cgroups are made on a thread from the start of Create (cgroup v1,
+    // see cgroup_join's ManagerAhead); a bad annotation is refused after.
+    let image = image("hello-rust");
+    let bad = "io.containerd.hybrid.v2.preopens=data";
+    let ran = env.ctr_out(&["run", "--rm", "--runtime", HYBRID_RUNTIME, "--annotation", bad, &image, &id, "/hello.wasm"]);
+    assert_ne!(ran.code, 0, "{ran:?}");
+    assert!(ran.stderr.contains("io.containerd.hybrid.v2.preopens"), "the error names the annotation: {ran:?}");
+    assert!(
+        wait_until(Duration::from_secs(5), || cgroups_named(&id).is_empty()),
+        "cgroups left: {:?}",
+        cgroups_named(&id)
+    );
+    assert_eq!(env.task_status(&id), None, "no task is left");
+    let _ = env.ctr_out(&["container", "rm", &id]);
+}
+
+#[test]
 fn the_preopens_annotation_narrows_what_the_guest_reaches() {
     let env = env();
     let dir = tempfile::tempdir().expect("tempdir");
