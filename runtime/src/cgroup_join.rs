@@ -252,8 +252,7 @@ impl ManagerAhead {
         let resources = resources.cloned();
         let (for_thread, resources_for_thread) = (path.clone(), resources.clone());
         let started = crate::fork_guard::spawn("cgroup-manager".into(), move || {
-            let mut made = Vec::new();
-            let dirs = directories(&for_thread).and_then(|dirs| make(&dirs, &mut made).map(|()| dirs));
+            let (dirs, made) = make_dirs(&for_thread);
             let all_made = dirs.is_ok();
             // A failure is OwnJoin::prepare's to clean up and report.
             let _ = dirs_answer.send((dirs, made.clone()));
@@ -356,11 +355,7 @@ impl OwnJoin {
         // did not start.
         let (dirs, made) = match ahead.dirs.as_ref().and_then(|made| made.recv().ok()) {
             Some(answered) => answered,
-            None => {
-                let mut made = Vec::new();
-                let dirs = directories(&ahead.path).and_then(|dirs| make(&dirs, &mut made).map(|()| dirs));
-                (dirs, made)
-            }
+            None => make_dirs(&ahead.path),
         };
         let dirs = match dirs {
             Ok(dirs) => dirs,
@@ -430,6 +425,14 @@ pub fn oom_control_file(cgroups_path: &Path) -> Option<PathBuf> {
     let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
     let (_, mount) = hierarchies().ok()?.iter().find(|(controller, _)| *controller == ControllerType::Memory)?;
     Some(mount.join(relative).join("memory.oom_control"))
+}
+
+/// The container's directories under `cgroups_path`, made; with those
+/// made so far when one could not be.
+fn make_dirs(cgroups_path: &Path) -> DirsMade {
+    let mut made = Vec::new();
+    let dirs = directories(cgroups_path).and_then(|dirs| make(&dirs, &mut made).map(|()| dirs));
+    (dirs, made)
 }
 
 /// Remove the cgroup directories [`make`] made, the last made first.

@@ -29,9 +29,6 @@ use crate::task_async::AsyncTaskService;
 /// and first Stats to share one.
 const CALL_THREAD_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How long an exiting shim waits for the deleted containers' removals.
-const REMOVALS_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// How long after the shim starts its first Create is expected.
 const FIRST_CREATE_WITHIN: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -98,7 +95,7 @@ pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: Unix
     // connection itself): the deleted containers' state and descriptors
     // still being removed are finished first (see
     // hybrid_runtime::deferred_removal).
-    if !hybrid_runtime::deferred_removal::wait_for_removals(REMOVALS_WAIT_LIMIT) {
+    if !hybrid_runtime::deferred_removal::wait_for_removals(crate::service::SHUTDOWN_WAIT_LIMIT) {
         tracing::warn!("container state still being removed at exit is left");
     }
     // Nothing is left to serve (Shutdown found no container, and flushed

@@ -41,9 +41,10 @@ fn process_not_found(id: &str, exec_id: &str) -> ttrpc::Error {
     status_error(Code::NOT_FOUND, format!("container {id}: exec {exec_id} not found"))
 }
 
-/// How long Shutdown waits for the events still queued to go out, and as
-/// long for the removal of deleted containers' state.
-const SHUTDOWN_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long an exiting shim waits for the events still queued to go out
+/// (in Shutdown), and as long for the removal of deleted containers' state
+/// (after Shutdown's answer, serve.rs).
+pub(crate) const SHUTDOWN_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long Delete waits for the reap of an init whose exit its guest
 /// reported (early_exit.rs): the process is being torn down, which takes
