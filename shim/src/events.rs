@@ -15,10 +15,13 @@ use containerd_shim::protos::shim::event::Envelope;
 use containerd_shim::protos::shim::events::ForwardRequest;
 use containerd_shim::protos::shim_async::{Client, EventsClient};
 use containerd_shim::protos::ttrpc::context::Context;
+use containerd_shim::protos::ttrpc::r#async::transport::Socket;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hybrid_runtime::in_flight::InFlight;
+
+use crate::whole_frames::WholeFrames;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
@@ -60,7 +63,7 @@ impl EventSender {
             // Connected now, while the shim waits for its first Create:
             // not between Create's answer and Start, where containerd
             // would accept the connection before it takes the event.
-            let mut client = Client::connect(&socket_address(&address)).await.ok().map(EventsClient::new);
+            let mut client = connect(&address).await.ok().map(EventsClient::new);
             while let Some(event) = rx.recv().await {
                 let topic = event.topic;
                 let request = match forward_request(&namespace, event) {
@@ -75,7 +78,7 @@ impl EventSender {
                 // containerd that has since restarted.
                 for attempt in 0..2 {
                     if client.is_none() {
-                        client = match Client::connect(&socket_address(&address)).await {
+                        client = match connect(&address).await {
                             Ok(connected) => Some(EventsClient::new(connected)),
                             Err(e) => {
                                 tracing::warn!(topic, "cannot connect to containerd at {address} to publish: {e}");
@@ -134,6 +137,19 @@ fn forward_request(namespace: &str, event: Event) -> Result<ForwardRequest, cont
 }
 
 /// containerd hands its ttrpc socket as a path; ttrpc wants a scheme.
+/// A client of containerd's ttrpc socket at `address`, whose frames
+/// reach containerd whole (see crate::whole_frames).
+async fn connect(address: &str) -> Result<Client, containerd_shim::protos::ttrpc::Error> {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    if path.contains("://") || path.starts_with('@') {
+        return Client::connect(&socket_address(address)).await;
+    }
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|e| containerd_shim::protos::ttrpc::Error::Others(format!("cannot connect to {path}: {e}")))?;
+    Ok(Client::new(Socket::new(WholeFrames::new(stream))))
+}
+
 fn socket_address(address: &str) -> String {
     match address.contains("://") {
         true => address.to_string(),

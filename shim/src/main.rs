@@ -14,6 +14,7 @@ mod service;
 mod state;
 mod task_async;
 mod shim;
+mod whole_frames;
 
 use std::os::unix::net::UnixListener;
 

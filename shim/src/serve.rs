@@ -78,7 +78,7 @@ pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: Unix
         let listen_err = |e: std::io::Error| Error::Other(format!("cannot serve on {}: {e}", flags.socket));
         listener.set_nonblocking(true).map_err(listen_err)?;
         let listener = tokio::net::UnixListener::from_std(listener).map_err(listen_err)?;
-        let mut server = Server::new().add_listener(listener.into()).register_service(task);
+        let mut server = Server::new().add_listener(crate::whole_frames::listener(listener)).register_service(task);
         server.start().await?;
         Ok::<_, Error>(server)
     })?;
