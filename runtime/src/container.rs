@@ -56,6 +56,8 @@ pub enum ContainerError {
     Tty { id: String, source: crate::tty::TtyError },
     #[error("container {id}: cgroup: {message}")]
     Cgroup { id: String, message: String },
+    #[error("container {id}: cannot create the guest's report pipe: {source}")]
+    GuestReportPipe { id: String, source: std::io::Error },
     #[error(transparent)]
     HttpPort(#[from] crate::http::PortError),
 }
@@ -293,7 +295,7 @@ impl HybridContainer {
         let guest_report = match is_wasm {
             true => {
                 let (pipe, write) = GuestReportPipe::new()
-                    .map_err(|e| ContainerError::Cgroup { id: id.clone(), message: format!("cannot create the guest's report pipe: {e}") })?;
+                    .map_err(|e| ContainerError::GuestReportPipe { id: id.clone(), source: e.into() })?;
                 fds.push(write);
                 Some(pipe)
             }

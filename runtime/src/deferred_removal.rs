@@ -13,7 +13,9 @@
 //! aside (one metadata change: the container's name is free at once) and
 //! hands both to one thread, which runs the work queued and exits when
 //! none is left; a shim about to exit waits for it ([`wait_for_removals`]),
-//! after its last answer.
+//! after its last answer. A shim killed before its thread removed what it
+//! renamed aside leaves it: the first removal of a later shim sweeps what
+//! shims that are gone left beside it.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -47,12 +49,49 @@ pub fn remove_dir_soon(dir: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(_) => return remove_now(dir),
     }
+    let sweep = SWEPT.set(()).is_ok().then(|| dir.parent().map(Path::to_path_buf)).flatten();
     soon(Box::new(move || {
         if let Err(e) = remove_now(&aside) {
             tracing::warn!("cannot remove {aside:?}: {e}");
         }
+        if let Some(root) = sweep {
+            sweep_left_aside(&root);
+        }
     }));
     Ok(())
+}
+
+/// Set once this process has swept a state root (see sweep_left_aside).
+static SWEPT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+
+/// Remove what shims that are gone renamed aside under `root` and did not
+/// remove (killed first). The owner is the pid in the name; a name whose
+/// process lives (this one, another shim's thread at work) is left.
+fn sweep_left_aside(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = aside_owner(&name.to_string_lossy()) else { continue };
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(owner), None) == Err(nix::errno::Errno::ESRCH);
+        if gone {
+            let path = entry.path();
+            match remove_now(&path) {
+                Ok(()) => tracing::info!("removed {path:?}, left aside by shim {owner}, which is gone"),
+                Err(e) => tracing::warn!("cannot remove {path:?}, left aside by shim {owner}: {e}"),
+            }
+        }
+    }
+}
+
+/// The pid of the process that renamed a directory aside to `name` (see
+/// aside_name); None for any other name.
+fn aside_owner(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix(ASIDE_PREFIX)?;
+    let mut fields = rest.rsplitn(3, '-');
+    let _nanos: u128 = fields.next()?.parse().ok()?;
+    let pid: i32 = fields.next()?.parse().ok()?;
+    fields.next().filter(|n| !n.is_empty())?;
+    (pid > 0).then_some(pid)
 }
 
 /// Drop `value` (a deleted container's descriptors, say) on the thread.
@@ -154,6 +193,44 @@ mod tests {
         }
         assert!(wait_for_removals(Duration::from_secs(5)), "dropped within 5 s");
         assert_eq!(*dropped.lock().unwrap(), (0..50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn what_a_gone_shim_left_aside_is_swept_and_a_live_ones_is_not() {
+        let root = tempfile::tempdir().expect("tempdir");
+        // A pid that was and is no more: a child reaped.
+        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+        let gone = child.id();
+        child.wait().expect("reap");
+        let ours = std::process::id();
+        let names = [
+            format!("{ASIDE_PREFIX}web-{gone}-17"),
+            format!("{ASIDE_PREFIX}my-app-{ours}-18"),
+            format!("{ASIDE_PREFIX}init-1-19"),
+            "live-container".to_string(),
+            format!("{ASIDE_PREFIX}odd"),
+        ];
+        for name in &names {
+            std::fs::create_dir_all(root.path().join(name).join("sub")).unwrap();
+        }
+        sweep_left_aside(root.path());
+        let mut left: Vec<String> =
+            std::fs::read_dir(root.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        let mut expected: Vec<String> = names[1..].to_vec();
+        expected.sort();
+        assert_eq!(left, expected, "only the gone shim's is removed");
+    }
+
+    #[test]
+    fn the_owner_is_read_from_the_aside_name() {
+        let dir = Path::new("/run/hybrid/default/my-app-2");
+        let aside = aside_name(dir).expect("an aside name");
+        let name = aside.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(aside_owner(&name), Some(std::process::id() as i32));
+        assert_eq!(aside_owner("my-app-2"), None);
+        assert_eq!(aside_owner(".deleted-x-0-5"), None);
+        assert_eq!(aside_owner(".deleted--12-5"), None);
     }
 
     #[test]

@@ -258,3 +258,30 @@ fn a_rootfs_is_unmounted_when_its_init_exits_and_the_task_is_still_deletable() {
         assert_eq!(crm.code, 0, "{id}: {crm:?}");
     }
 }
+
+/// A shim killed after Delete renamed a container's state aside, before its
+/// thread removed it, leaves `.deleted-*` in the state root: a later shim's
+/// first removal sweeps what shims that are gone left there.
+#[test]
+fn state_left_aside_by_a_shim_that_is_gone_is_swept_by_a_later_one() {
+    let env = env();
+    let root = PathBuf::from("/run/hybrid/default");
+    std::fs::create_dir_all(&root).expect("state root");
+    // The pid of a process that was and is no more: a child reaped.
+    let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+    let gone = child.id();
+    child.wait().expect("reap true");
+    let left = root.join(format!(".deleted-{}-{gone}-1", unique_id("gone")));
+    std::fs::create_dir_all(left.join("sub")).expect("left aside");
+    std::fs::write(left.join("state.json"), "{}").expect("state.json");
+    // One that names a live process (this test) is another shim's, at work.
+    let live = root.join(format!(".deleted-{}-{}-1", unique_id("live"), std::process::id()));
+    std::fs::create_dir_all(&live).expect("live aside");
+
+    let id = unique_id("sweeper");
+    let ran = env.run(HYBRID_RUNTIME, &image("hello-rust"), &id, &["/hello.wasm"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(wait_until(Duration::from_secs(5), || !left.exists()), "{left:?} was not swept");
+    assert!(live.exists(), "{live:?}, a live process's, was swept");
+    std::fs::remove_dir(&live).expect("remove the live one");
+}
