@@ -24,6 +24,7 @@ pub mod guest_report;
 pub mod held_namespace;
 pub mod http;
 pub mod in_flight;
+pub mod in_root;
 pub mod preopens;
 pub mod spawner;
 pub mod stack;

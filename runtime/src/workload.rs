@@ -7,11 +7,12 @@
 //! container where nobody sees it.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
+
+use crate::in_root::ContainerRoot;
 
 /// crun's annotation that asks for the wasm handler.
 pub const CRUN_HANDLER_ANNOTATION: &str = "run.oci.handler";
@@ -169,12 +170,9 @@ fn decide_in(
     })
 }
 
-/// The root paths are resolved in. Opened by std, which follows the
-/// `/proc/PID/root` an exec's root is given as (see exec.rs); pathrs'
-/// own open refuses that link. Resolution inside stays pathrs'.
-fn open_root(rootfs: &Path) -> Result<pathrs::Root, WorkloadError> {
-    let dir = File::open(rootfs).map_err(|e| WorkloadError::Rootfs(rootfs.to_path_buf(), e.to_string()))?;
-    Ok(pathrs::Root::from_fd(std::os::fd::OwnedFd::from(dir)))
+/// The root paths are resolved in (see in_root.rs).
+fn open_root(rootfs: &Path) -> Result<ContainerRoot, WorkloadError> {
+    ContainerRoot::open(rootfs).map_err(|e| WorkloadError::Rootfs(rootfs.to_path_buf(), e.to_string()))
 }
 
 /// The entrypoint's whole content, read inside `rootfs` (symlinks resolved
@@ -186,10 +184,7 @@ pub fn read_entrypoint(rootfs: &Path, workload: &Workload) -> Result<Vec<u8>, Wo
         source,
     };
     let root = open_root(rootfs)?;
-    let handle = root.resolve(&workload.entrypoint).map_err(|e| read_err(std::io::Error::other(e)))?;
-    let mut file: File = handle
-        .reopen(pathrs::flags::OpenFlags::O_RDONLY)
-        .map_err(|e| read_err(std::io::Error::other(e)))?;
+    let mut file = root.open_file(&workload.entrypoint).map_err(read_err)?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).map_err(read_err)?;
     Ok(bytes)
@@ -216,7 +211,7 @@ fn wasm_annotation(annotations: &HashMap<String, String>, entrypoint: &Path) -> 
 }
 
 /// Find `program` in the rootfs the way execvp would inside the container.
-fn resolve(root: &pathrs::Root, program: &str, cwd: &Path, path_var: &str) -> Option<PathBuf> {
+fn resolve(root: &ContainerRoot, program: &str, cwd: &Path, path_var: &str) -> Option<PathBuf> {
     let candidates: Vec<PathBuf> = if program.contains('/') {
         vec![cwd.join(program)]
     } else {
@@ -226,20 +221,11 @@ fn resolve(root: &pathrs::Root, program: &str, cwd: &Path, path_var: &str) -> Op
             .map(|d| cwd.join(d).join(program))
             .collect()
     };
-    candidates.into_iter().find(|candidate| {
-        root.resolve(candidate)
-            .and_then(|h| h.reopen(pathrs::flags::OpenFlags::O_RDONLY))
-            .ok()
-            .and_then(|f| f.metadata().ok())
-            .is_some_and(|m| m.is_file())
-    })
+    candidates.into_iter().find(|candidate| root.is_regular_file(candidate))
 }
 
-fn read_head(root: &pathrs::Root, path: &Path) -> std::io::Result<Vec<u8>> {
-    let handle = root.resolve(path).map_err(std::io::Error::other)?;
-    let file: File = handle
-        .reopen(pathrs::flags::OpenFlags::O_RDONLY)
-        .map_err(std::io::Error::other)?;
+fn read_head(root: &ContainerRoot, path: &Path) -> std::io::Result<Vec<u8>> {
+    let file = root.open_file(path)?;
     // Enough for the magic numbers, and for a WAT module's leading comments.
     let mut head = Vec::with_capacity(HEAD_LEN as usize);
     file.take(HEAD_LEN).read_to_end(&mut head)?;
