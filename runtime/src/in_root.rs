@@ -13,11 +13,14 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+
+/// How often a resolution that raced with a rename is tried.
+const OPEN_ATTEMPTS: u32 = 16;
 
 /// A container's root directory, to open paths in.
 pub struct ContainerRoot {
@@ -36,7 +39,7 @@ impl ContainerRoot {
     pub fn open_file(&self, path: &Path) -> io::Result<File> {
         match self.open_path(path) {
             Ok(handle) => {
-                require_regular(&handle, path)?;
+                require_regular(handle.as_fd(), path)?;
                 reopen_for_reading(&handle)
             }
             Err(Errno::ENOSYS | Errno::EPERM) => self.open_file_with_pathrs(path),
@@ -47,18 +50,26 @@ impl ContainerRoot {
     /// Whether `path` inside the root is a regular file.
     pub fn is_regular_file(&self, path: &Path) -> bool {
         match self.open_path(path) {
-            Ok(handle) => require_regular(&handle, path).is_ok(),
+            Ok(handle) => require_regular(handle.as_fd(), path).is_ok(),
             Err(Errno::ENOSYS | Errno::EPERM) => self.open_file_with_pathrs(path).is_ok(),
             Err(_) => false,
         }
     }
 
-    /// An O_PATH descriptor of `path`, resolved inside the root.
+    /// An O_PATH descriptor of `path`, resolved inside the root. The
+    /// kernel answers EAGAIN when a rename elsewhere raced with a `..` of
+    /// the resolution: it is tried again, a few times.
     fn open_path(&self, path: &Path) -> Result<OwnedFd, Errno> {
         let how = OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        let fd = nix::fcntl::openat2(self.dir.as_raw_fd(), path, how)?;
+        let mut attempts = 0;
+        let fd = loop {
+            match nix::fcntl::openat2(self.dir.as_raw_fd(), path, how) {
+                Err(Errno::EAGAIN) if attempts < OPEN_ATTEMPTS => attempts += 1,
+                done => break done?,
+            }
+        };
         // SAFETY: openat2 returned this new descriptor; nothing else owns it.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
@@ -66,15 +77,12 @@ impl ContainerRoot {
     fn open_file_with_pathrs(&self, path: &Path) -> io::Result<File> {
         let root = pathrs::Root::from_fd(OwnedFd::from(self.dir.try_clone()?));
         let handle = root.resolve(path).map_err(io::Error::other)?;
-        let file: File = handle.reopen(pathrs::flags::OpenFlags::O_RDONLY).map_err(io::Error::other)?;
-        if !file.metadata()?.is_file() {
-            return Err(not_regular(path));
-        }
-        Ok(file)
+        require_regular(handle.as_fd(), path)?;
+        handle.reopen(pathrs::flags::OpenFlags::O_RDONLY).map_err(io::Error::other)
     }
 }
 
-fn require_regular(handle: &OwnedFd, path: &Path) -> io::Result<()> {
+fn require_regular(handle: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     let stat = nix::sys::stat::fstat(handle.as_raw_fd())?;
     match stat.st_mode & libc::S_IFMT == libc::S_IFREG {
         true => Ok(()),
@@ -145,5 +153,22 @@ mod tests {
         assert!(!root.is_regular_file(Path::new("/fifo")));
         assert!(!root.is_regular_file(Path::new("/missing")));
         assert_eq!(root.open_file(Path::new("/missing")).unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn the_pathrs_way_opens_the_same_and_refuses_the_same() {
+        let rootfs = tempfile::tempdir().unwrap();
+        let r = rootfs.path();
+        std::fs::create_dir_all(r.join("usr/bin")).unwrap();
+        std::fs::write(r.join("usr/bin/app"), "inside").unwrap();
+        std::os::unix::fs::symlink("/usr/bin/app", r.join("link")).unwrap();
+        nix::unistd::mkfifo(&r.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let root = ContainerRoot::open(r).unwrap();
+        let mut s = String::new();
+        root.open_file_with_pathrs(Path::new("/link")).unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "inside");
+        // Refused from its O_PATH handle, before a reopen that would wait for a writer.
+        let fifo = root.open_file_with_pathrs(Path::new("/fifo")).unwrap_err();
+        assert!(fifo.to_string().contains("not a regular file"), "{fifo}");
     }
 }
