@@ -251,7 +251,11 @@ impl ManagerAhead {
         let path = cgroups_path.to_path_buf();
         let resources = resources.cloned();
         let (for_thread, resources_for_thread) = (path.clone(), resources.clone());
+        // A shim exits right after a failed Create's Shutdown: not before
+        // this thread has removed what it made (see deferred_removal).
+        let before_exit = crate::deferred_removal::BeforeExit::new();
         let started = crate::fork_guard::spawn("cgroup-manager".into(), move || {
+            let _before_exit = before_exit;
             let (dirs, made) = make_dirs(&for_thread);
             let all_made = dirs.is_ok();
             // A failure is OwnJoin::prepare's to clean up and report.
@@ -261,7 +265,13 @@ impl ManagerAhead {
             }
             let manager = match libcgroups::v1::Manager::new(&for_thread) {
                 Ok(manager) => manager,
-                Err(e) => return drop(answer.send((None, Err(e.to_string())))),
+                // Told when asked; removed here when the Create is gone first.
+                Err(e) => {
+                    return match ready.recv() {
+                        Ok(_) => drop(answer.send((None, Err(e.to_string())))),
+                        Err(_) => remove_made(&made),
+                    }
+                }
             };
             let applied = match ready.recv() {
                 Ok(true) => apply(&manager, resources_for_thread.as_ref()),

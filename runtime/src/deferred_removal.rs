@@ -94,6 +94,30 @@ fn aside_owner(name: &str) -> Option<i32> {
     (pid > 0).then_some(pid)
 }
 
+/// Work of another thread that must end before the process exits, as
+/// the queued removals must: counted with them from `new` until dropped
+/// (a Create's cgroup thread, which removes what a failed Create made).
+pub struct BeforeExit(());
+
+impl BeforeExit {
+    pub fn new() -> Self {
+        REMOVING.started();
+        Self(())
+    }
+}
+
+impl Default for BeforeExit {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for BeforeExit {
+    fn drop(&mut self) {
+        REMOVING.done();
+    }
+}
+
 /// Drop `value` (a deleted container's descriptors, say) on the thread.
 pub fn drop_soon<T: Send + 'static>(value: T) {
     soon(Box::new(move || drop(value)));
@@ -231,6 +255,14 @@ mod tests {
         assert_eq!(aside_owner("my-app-2"), None);
         assert_eq!(aside_owner(".deleted-x-0-5"), None);
         assert_eq!(aside_owner(".deleted--12-5"), None);
+    }
+
+    #[test]
+    fn the_wait_before_exit_includes_work_held_for_it() {
+        let held = BeforeExit::new();
+        assert!(!wait_for_removals(Duration::from_millis(50)), "not over while held");
+        drop(held);
+        assert!(wait_for_removals(Duration::from_secs(5)), "over once dropped");
     }
 
     #[test]
