@@ -263,24 +263,14 @@ impl ManagerAhead {
             if !all_made {
                 return;
             }
-            let manager = match libcgroups::v1::Manager::new(&for_thread) {
-                Ok(manager) => manager,
-                // Told when asked; removed here when the Create is gone first.
-                Err(e) => {
-                    return match ready.recv() {
-                        Ok(_) => drop(answer.send((None, Err(e.to_string())))),
-                        Err(_) => remove_made(&made),
-                    }
-                }
-            };
-            let applied = match ready.recv() {
-                Ok(true) => apply(&manager, resources_for_thread.as_ref()),
-                Ok(false) => Ok(()),
+            let manager = libcgroups::v1::Manager::new(&for_thread);
+            let apply_resources = match ready.recv() {
+                Ok(apply_resources) => apply_resources,
                 // Gone without a word: the Create failed before it used
                 // the cgroups; nothing joined them.
                 Err(_) => return remove_made(&made),
             };
-            let _ = answer.send((Some(manager), applied));
+            let _ = answer.send(manager_and_limits(manager, apply_resources, resources_for_thread.as_ref()));
         });
         if let Err(e) = &started {
             tracing::debug!("cannot start a thread to make the cgroup manager: {e}");
@@ -294,6 +284,24 @@ impl ManagerAhead {
     /// The cgroups path it manages.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// The manager, if it was made, and the resources applied with it when asked.
+fn manager_and_limits(
+    manager: Result<libcgroups::v1::Manager, libcgroups::v1::manager::V1ManagerError>,
+    apply_resources: bool,
+    resources: Option<&LinuxResources>,
+) -> Applied {
+    match manager {
+        Ok(manager) => {
+            let result = match apply_resources {
+                true => apply(&manager, resources),
+                false => Ok(()),
+            };
+            (Some(manager), result)
+        }
+        Err(e) => (None, Err(e.to_string())),
     }
 }
 
@@ -331,16 +339,7 @@ impl PendingLimits {
         let asked = self.thread.and_then(|(go, answer)| go.send(apply_resources).ok().map(|()| answer));
         let (manager, applied) = match asked.and_then(|answer| answer.recv().ok()) {
             Some(answer) => answer,
-            None => match libcgroups::v1::Manager::new(&self.path) {
-                Ok(manager) => {
-                    let applied = match apply_resources {
-                        true => apply(&manager, self.resources.as_ref()),
-                        false => Ok(()),
-                    };
-                    (Some(manager), applied)
-                }
-                Err(e) => (None, Err(e.to_string())),
-            },
+            None => manager_and_limits(libcgroups::v1::Manager::new(&self.path), apply_resources, self.resources.as_ref()),
         };
         match (manager, applied) {
             (Some(manager), Ok(())) => Ok(manager),

@@ -4,12 +4,12 @@
 //! openat2 with RESOLVE_IN_ROOT does the resolution in the kernel, in one
 //! call, to an O_PATH descriptor (opening nothing, so a FIFO or a device
 //! planted at the path is never opened); a regular file is then reopened
-//! for reading through the descriptor's /proc/self/fd link. pathrs, which
-//! did all of it before, reopens through a procfs instance it mounts for
-//! itself and checks with readlinks: a third of the cpu of a Create's
-//! thread (perf samples of the shim, hello through containerd). pathrs
-//! stays the way on a kernel without openat2 (before 5.6) or where a
-//! seccomp profile refuses it.
+//! for reading through the descriptor's /proc/self/fd link (this process's
+//! /proc: the host's). pathrs, which did all of it before, reopens through
+//! a procfs instance it mounts for itself and checks with readlinks: a
+//! third of the cpu of a Create's thread (perf samples of the shim, hello
+//! through containerd). pathrs stays the resolution on a kernel without
+//! openat2 (before 5.6) or where a seccomp profile refuses it.
 
 use std::fs::File;
 use std::io;
@@ -37,29 +37,21 @@ impl ContainerRoot {
     /// The regular file at `path` inside the root, for reading; an error
     /// for anything else (a directory, a FIFO, a device).
     pub fn open_file(&self, path: &Path) -> io::Result<File> {
-        match self.open_path(path) {
-            Ok(handle) => {
-                require_regular(handle.as_fd(), path)?;
-                reopen_for_reading(&handle)
-            }
-            Err(Errno::ENOSYS | Errno::EPERM) => self.open_file_with_pathrs(path),
-            Err(e) => Err(e.into()),
-        }
+        let handle = self.open_path(path)?;
+        require_regular(handle.as_fd(), path)?;
+        reopen_for_reading(&handle)
     }
 
     /// Whether `path` inside the root is a regular file.
     pub fn is_regular_file(&self, path: &Path) -> bool {
-        match self.open_path(path) {
-            Ok(handle) => require_regular(handle.as_fd(), path).is_ok(),
-            Err(Errno::ENOSYS | Errno::EPERM) => self.open_file_with_pathrs(path).is_ok(),
-            Err(_) => false,
-        }
+        self.open_path(path).is_ok_and(|handle| require_regular(handle.as_fd(), path).is_ok())
     }
 
-    /// An O_PATH descriptor of `path`, resolved inside the root. The
+    /// An O_PATH descriptor of `path`, resolved inside the root: by
+    /// openat2, or by pathrs where openat2 is missing or refused. The
     /// kernel answers EAGAIN when a rename elsewhere raced with a `..` of
     /// the resolution: it is tried again, a few times.
-    fn open_path(&self, path: &Path) -> Result<OwnedFd, Errno> {
+    fn open_path(&self, path: &Path) -> io::Result<OwnedFd> {
         let how = OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -67,6 +59,7 @@ impl ContainerRoot {
         let fd = loop {
             match nix::fcntl::openat2(self.dir.as_raw_fd(), path, how) {
                 Err(Errno::EAGAIN) if attempts < OPEN_ATTEMPTS => attempts += 1,
+                Err(Errno::ENOSYS | Errno::EPERM) => return self.open_path_with_pathrs(path),
                 done => break done?,
             }
         };
@@ -74,11 +67,9 @@ impl ContainerRoot {
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
-    fn open_file_with_pathrs(&self, path: &Path) -> io::Result<File> {
+    fn open_path_with_pathrs(&self, path: &Path) -> io::Result<OwnedFd> {
         let root = pathrs::Root::from_fd(OwnedFd::from(self.dir.try_clone()?));
-        let handle = root.resolve(path).map_err(io::Error::other)?;
-        require_regular(handle.as_fd(), path)?;
-        handle.reopen(pathrs::flags::OpenFlags::O_RDONLY).map_err(io::Error::other)
+        Ok(root.resolve(path).map_err(io::Error::other)?.into())
     }
 }
 
@@ -164,11 +155,17 @@ mod tests {
         std::os::unix::fs::symlink("/usr/bin/app", r.join("link")).unwrap();
         nix::unistd::mkfifo(&r.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let root = ContainerRoot::open(r).unwrap();
+        // What open_file does with the handle, from pathrs' resolution.
+        let open_with_pathrs = |path: &str| -> io::Result<File> {
+            let handle = root.open_path_with_pathrs(Path::new(path))?;
+            require_regular(handle.as_fd(), Path::new(path))?;
+            reopen_for_reading(&handle)
+        };
         let mut s = String::new();
-        root.open_file_with_pathrs(Path::new("/link")).unwrap().read_to_string(&mut s).unwrap();
+        open_with_pathrs("/link").unwrap().read_to_string(&mut s).unwrap();
         assert_eq!(s, "inside");
         // Refused from its O_PATH handle, before a reopen that would wait for a writer.
-        let fifo = root.open_file_with_pathrs(Path::new("/fifo")).unwrap_err();
+        let fifo = open_with_pathrs("/fifo").unwrap_err();
         assert!(fifo.to_string().contains("not a regular file"), "{fifo}");
     }
 }

@@ -136,7 +136,6 @@ fn forward_request(namespace: &str, event: Event) -> Result<ForwardRequest, cont
     Ok(request)
 }
 
-/// containerd hands its ttrpc socket as a path; ttrpc wants a scheme.
 /// A client of containerd's ttrpc socket at `address`, whose frames
 /// reach containerd whole (see crate::whole_frames).
 async fn connect(address: &str) -> Result<Client, containerd_shim::protos::ttrpc::Error> {
@@ -150,6 +149,7 @@ async fn connect(address: &str) -> Result<Client, containerd_shim::protos::ttrpc
     Ok(Client::new(Socket::new(WholeFrames::new(stream))))
 }
 
+/// containerd hands its ttrpc socket as a path; ttrpc wants a scheme.
 fn socket_address(address: &str) -> String {
     match address.contains("://") {
         true => address.to_string(),
