@@ -173,7 +173,7 @@ fn make_init(
     // SAFETY: this process is single-threaded (the spawner's creator, or a
     // forked copy of the shim: see CloneJob::run_cleanly), so the child
     // inherits no lock another thread held.
-    let forked = unsafe { nix::unistd::fork() }.map_err(|e| format!("cannot fork the container's init: {e}"))?;
+    let forked = unsafe { crate::same_cpu::fork_on_this_cpu() }.map_err(|e| format!("cannot fork the container's init: {e}"))?;
     let pid = match forked {
         nix::unistd::ForkResult::Child => {
             // Named as libcontainer names its init, until the executor

@@ -26,6 +26,7 @@ pub mod http;
 pub mod in_flight;
 pub mod in_root;
 pub mod preopens;
+mod same_cpu;
 pub mod spawner;
 pub mod stack;
 mod start_ahead;

@@ -143,7 +143,7 @@ fn serve(socket: OwnedFd) -> ! {
             Err(_) => exit_now(0),
         };
         // SAFETY: the spawner is single-threaded.
-        match unsafe { fork() } {
+        match unsafe { crate::same_cpu::fork_on_this_cpu() } {
             Ok(ForkResult::Child) => {
                 let answer: Answer = match serde_json::from_slice::<CloneJob>(&job) {
                     Ok(job) => job.run(fds),

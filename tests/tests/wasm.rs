@@ -422,3 +422,38 @@ fn the_preopens_annotation_narrows_what_the_guest_reaches() {
     assert_ne!(bad.code, 0, "{bad:?}");
     assert!(bad.stderr.contains("io.containerd.hybrid.v2.preopens"), "the error names the annotation: {bad:?}");
 }
+
+/// `Cpus_allowed_list` of the thread whose status file this is.
+fn cpus_allowed(status: &str) -> String {
+    status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|v| v.trim().to_string()).expect("Cpus_allowed_list")
+}
+
+#[test]
+fn container_processes_are_not_left_bound_to_one_cpu() {
+    // The spawner and the creator fork their children pinned to their own
+    // cpu and unpin them at once (runtime's same_cpu.rs): a wasm init, its
+    // threads, a native init and an exec must each keep every cpu the host
+    // allows. (Cannot fail on a one-cpu host.)
+    let env = env();
+    let expected = cpus_allowed(&std::fs::read_to_string("/proc/self/status").expect("own status"));
+    let wasm = unique_id("cpus-wasm");
+    let run = env.ctr_out(&["run", "-d", "--runtime", HYBRID_RUNTIME, &image("sleep-wat"), &wasm]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let pid = running_pid(env, &wasm);
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the init's threads");
+    for thread in threads.flatten() {
+        let status = std::fs::read_to_string(thread.path().join("status")).expect("a thread's status");
+        assert_eq!(cpus_allowed(&status), expected, "wasm init thread {:?}", thread.file_name());
+    }
+    kill_and_remove(env, &wasm);
+    let native = unique_id("cpus-native");
+    let run = env.ctr_out(&["run", "-d", "--runtime", HYBRID_RUNTIME, &image("busybox"), &native, "sleep", "60"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let pid = running_pid(env, &native);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the native init's status");
+    assert_eq!(cpus_allowed(&status), expected, "native init");
+    let exec = env.ctr_out(&["task", "exec", "--exec-id", "cpus", &native, "grep", "Cpus_allowed_list", "/proc/self/status"]);
+    assert_eq!(exec.code, 0, "{exec:?}");
+    assert_eq!(cpus_allowed(&exec.stdout), expected, "exec");
+    kill_and_remove(env, &native);
+}
