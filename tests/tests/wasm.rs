@@ -457,3 +457,18 @@ fn container_processes_are_not_left_bound_to_one_cpu() {
     assert_eq!(cpus_allowed(&exec.stdout), expected, "exec");
     kill_and_remove(env, &native);
 }
+
+#[test]
+fn a_guests_whole_output_arrives_though_its_stdio_is_let_go_of_at_its_end() {
+    // The init hands its stdio back (to /dev/null) as soon as the guest
+    // ends, before its teardown (runtime's executor.rs, guest_ended): what
+    // the guest wrote, far more than a pipe holds, must all have arrived.
+    let env = env();
+    let args: Vec<String> = (0..400).map(|i| format!("{i:04}{}", "x".repeat(996))).collect();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ran = run_c_probe(env, &[], &refs);
+    assert_eq!(ran.code, 0, "exit code; stderr: {}", ran.stderr);
+    let expected = format!("hello from c\nargs: {}\n", args.join(" "));
+    assert_eq!(ran.stdout.len(), expected.len(), "bytes of output");
+    assert!(ran.stdout == expected, "the output differs from what the guest wrote");
+}
