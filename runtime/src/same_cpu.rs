@@ -38,10 +38,22 @@ impl Pinned {
         Some(Self { before })
     }
 
-    /// Take back the mask the thread had.
+    /// Take back the mask the thread had or, where that is refused (its
+    /// cpuset changed meanwhile), every cpu: the kernel bounds the mask by
+    /// the cpuset, and a parent left pinned would pin every later child.
     fn restore(self) -> nix::Result<()> {
-        sched_setaffinity(Pid::from_raw(0), &self.before)
+        sched_setaffinity(Pid::from_raw(0), &self.before).or_else(|_| sched_setaffinity(Pid::from_raw(0), &every_cpu()?))
     }
+}
+
+/// A mask of every cpu there can be: given to a thread, every cpu its
+/// cpuset allows.
+fn every_cpu() -> nix::Result<CpuSet> {
+    let mut every = CpuSet::new();
+    for cpu in 0..CpuSet::count() {
+        every.set(cpu)?;
+    }
+    Ok(every)
 }
 
 /// fork(2), the child started on the caller's cpu (see above). A child
@@ -101,6 +113,20 @@ mod tests {
                     assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0), "the child is left pinned");
                 }
             }
+        })
+        .join()
+        .expect("test thread");
+    }
+
+    #[test]
+    fn every_cpu_unpins_a_pinned_thread() {
+        std::thread::spawn(|| {
+            let before = mask();
+            let pinned = Pinned::here();
+            sched_setaffinity(Pid::from_raw(0), &every_cpu().expect("mask")).expect("every cpu");
+            let after = mask();
+            assert!(before.iter().all(|cpu| after.contains(cpu)), "{after:?} lacks some of {before:?}");
+            drop(pinned);
         })
         .join()
         .expect("test thread");
