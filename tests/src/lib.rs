@@ -349,6 +349,12 @@ pub fn parent_pid(pid: i32) -> Option<i32> {
     stat_fields(pid)?.get(1)?.parse().ok()
 }
 
+/// Field `name` of a /proc status text (a process's or a thread's
+/// `status`, or lines a container printed from its own), trimmed.
+pub fn status_field(status: &str, name: &str) -> Option<String> {
+    status.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(|v| v.trim().to_string())
+}
+
 /// Processes whose command line or environment mention `needle`.
 pub fn processes_mentioning(needle: &str) -> Vec<i32> {
     all_pids()

@@ -123,9 +123,9 @@ fn the_devices_cgroup_denies_a_disk_even_to_root_with_cap_mknod() {
 }
 
 /// Field `name` of /proc/PID/status.
-fn status_field(pid: &str, name: &str) -> String {
+fn pid_status_field(pid: &str, name: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).unwrap_or_default().trim().to_string()
+    status_field(&status, name).unwrap_or_default()
 }
 
 #[test]
@@ -150,7 +150,7 @@ fn a_wasm_task_runs_under_the_same_settings() {
         .expect("task pid")
         .to_string();
     let fields: Vec<(&str, String)> =
-        ["CapEff", "CapBnd", "NoNewPrivs", "Seccomp", "Uid", "Gid", "Groups"].iter().map(|f| (*f, status_field(&pid, f))).collect();
+        ["CapEff", "CapBnd", "NoNewPrivs", "Seccomp", "Uid", "Gid", "Groups"].iter().map(|f| (*f, pid_status_field(&pid, f))).collect();
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
     let hostname = std::process::Command::new("nsenter").args(["-t", &pid, "-u", "hostname"]).output().expect("nsenter");
     let _ = env.ctr_out(&["task", "kill", "-s", "SIGKILL", &id]);

@@ -425,7 +425,7 @@ fn the_preopens_annotation_narrows_what_the_guest_reaches() {
 
 /// `Cpus_allowed_list` of the thread whose status file this is.
 fn cpus_allowed(status: &str) -> String {
-    status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|v| v.trim().to_string()).expect("Cpus_allowed_list")
+    status_field(status, "Cpus_allowed_list").expect("Cpus_allowed_list")
 }
 
 #[test]
