@@ -213,24 +213,26 @@ pub fn own_join_possible() -> bool {
 }
 
 /// libcgroups' v1 manager of a container's cgroups, made on a thread of
-/// its own while the container is made, which then applies the spec's
-/// resources to them: making a manager reads mountinfo and
-/// /proc/self/cgroup for each of twelve controllers (2.6 ms of cpu on the
-/// test machine). The creator needs the cgroups only, to join them; the
-/// limits must hold before the guest runs, and are applied once the
-/// container's init is made and waits for Start ([`OwnJoin::prepare`],
-/// then [`PendingLimits::finish`]): applied while the init sets up its
-/// /dev, the device rules (a deny-all, then each allowed device, one
-/// write at a time) could refuse its mknod of /dev/null meanwhile.
+/// its own while the container is made: making a manager reads mountinfo
+/// and /proc/self/cgroup for each of twelve controllers (2.6 ms of cpu on
+/// the test machine). The creator needs the cgroups only, to join them;
+/// the limits must hold before the guest runs, and are applied with that
+/// manager once the container's init is made and waits for Start
+/// ([`OwnJoin::prepare`], then [`PendingLimits::finish`]): applied while
+/// the init sets up its /dev, the device rules (a deny-all, then each
+/// allowed device, one write at a time) could refuse its mknod of
+/// /dev/null meanwhile.
 /// The thread makes the cgroup directories first, while Create does the
 /// rest of its work before the creator (the spec, the workload, the
 /// module): eight mkdirs in cgroupfs took 0.5 to 0.8 ms of Create there.
+/// It then leaves Create's cpu for the manager's making, and hands the
+/// manager over: Create applies the limits itself, as asking the thread
+/// to would wake it on the other cpu and then be woken by its answer.
 pub struct ManagerAhead {
     path: PathBuf,
     resources: Option<LinuxResources>,
-    /// Tells the thread to apply the resources (true) or only to answer
-    /// its manager (false); answers the manager and how applying went.
-    thread: Option<(Sender<bool>, Receiver<Applied>)>,
+    /// The thread's: hands over the manager; told when it is taken.
+    thread: Option<ManagerThread>,
     /// Answers the directories the thread made.
     dirs: Option<Receiver<DirsMade>>,
 }
@@ -238,22 +240,44 @@ pub struct ManagerAhead {
 /// The manager (if one could be made) and the resources' application.
 type Applied = (Option<libcgroups::v1::Manager>, Result<(), String>);
 
+type MadeManager = Result<libcgroups::v1::Manager, libcgroups::v1::manager::V1ManagerError>;
+
+/// The manager's thread, seen from Create: it hands over the manager
+/// (`handed`) and waits to be told that it was taken (`taken`), and
+/// removes the directories it made when it never is (the Create failed
+/// before it used them; nothing joined them).
+struct ManagerThread {
+    taken: Sender<()>,
+    handed: Receiver<MadeManager>,
+}
+
+impl ManagerThread {
+    /// The manager the thread made; None when the thread is gone.
+    fn take(self) -> Option<MadeManager> {
+        let manager = self.handed.recv().ok();
+        // Its directories are the taker's from here.
+        let _ = self.taken.send(());
+        manager
+    }
+}
+
 /// The container's directories and whether all were made; those made.
 type DirsMade = (Result<Vec<(ControllerType, PathBuf)>, OwnJoinError>, Vec<PathBuf>);
 
 impl ManagerAhead {
-    /// Start making the cgroups at `cgroups_path` and their manager, which
-    /// will apply `resources` to them.
+    /// Start making the cgroups at `cgroups_path` and their manager, with
+    /// which [`PendingLimits::finish`] applies `resources` to them.
     pub fn start(cgroups_path: &Path, resources: Option<&LinuxResources>) -> Self {
-        let (go, ready) = std::sync::mpsc::channel::<bool>();
-        let (answer, applied) = std::sync::mpsc::channel::<Applied>();
+        let (taken, told) = std::sync::mpsc::channel::<()>();
+        let (hand, handed) = std::sync::mpsc::channel::<MadeManager>();
         let (dirs_answer, dirs_made) = std::sync::mpsc::channel::<DirsMade>();
         let path = cgroups_path.to_path_buf();
         let resources = resources.cloned();
-        let (for_thread, resources_for_thread) = (path.clone(), resources.clone());
+        let for_thread = path.clone();
         // A shim exits right after a failed Create's Shutdown: not before
         // this thread has removed what it made (see deferred_removal).
         let before_exit = crate::deferred_removal::BeforeExit::new();
+        let create_cpu = crate::same_cpu::current_cpu();
         let started = crate::fork_guard::spawn("cgroup-manager".into(), move || {
             let _before_exit = before_exit;
             let (dirs, made) = make_dirs(&for_thread);
@@ -263,20 +287,21 @@ impl ManagerAhead {
             if !all_made {
                 return;
             }
-            let manager = libcgroups::v1::Manager::new(&for_thread);
-            let apply_resources = match ready.recv() {
-                Ok(apply_resources) => apply_resources,
-                // Gone without a word: the Create failed before it used
-                // the cgroups; nothing joined them.
-                Err(_) => return remove_made(&made),
-            };
-            let _ = answer.send(manager_and_limits(manager, apply_resources, resources_for_thread.as_ref()));
+            // The manager's making is long, and the container's making
+            // waits for none of it: not on the cpu where that goes on.
+            if let Some(cpu) = create_cpu {
+                crate::same_cpu::move_off(cpu);
+            }
+            let _ = hand.send(libcgroups::v1::Manager::new(&for_thread));
+            if told.recv().is_err() {
+                remove_made(&made);
+            }
         });
         if let Err(e) = &started {
             tracing::debug!("cannot start a thread to make the cgroup manager: {e}");
         }
         match started {
-            Ok(_) => Self { path, resources, thread: Some((go, applied)), dirs: Some(dirs_made) },
+            Ok(_) => Self { path, resources, thread: Some(ManagerThread { taken, handed }), dirs: Some(dirs_made) },
             Err(_) => Self { path, resources, thread: None, dirs: None },
         }
     }
@@ -289,7 +314,7 @@ impl ManagerAhead {
 
 /// The manager, if it was made, and the resources applied with it when asked.
 fn manager_and_limits(
-    manager: Result<libcgroups::v1::Manager, libcgroups::v1::manager::V1ManagerError>,
+    manager: MadeManager,
     apply_resources: bool,
     resources: Option<&LinuxResources>,
 ) -> Applied {
@@ -315,15 +340,15 @@ fn apply(manager: &libcgroups::v1::Manager, resources: Option<&LinuxResources>) 
 pub struct PendingLimits {
     path: PathBuf,
     resources: Option<LinuxResources>,
-    thread: Option<(Sender<bool>, Receiver<Applied>)>,
+    thread: Option<ManagerThread>,
     made: Vec<PathBuf>,
 }
 
 impl PendingLimits {
     /// Apply the resources, once the container's init is made: the
     /// manager the container keeps (Stats, the exit and Delete use it).
-    /// Done here when the thread could not. On failure the cgroups are
-    /// removed, killing what joined them.
+    /// The manager is made here when the thread could not. On failure the
+    /// cgroups are removed, killing what joined them.
     pub fn finish(self) -> Result<libcgroups::v1::Manager, OwnJoinError> {
         self.answer(true)
     }
@@ -336,11 +361,11 @@ impl PendingLimits {
     }
 
     fn answer(self, apply_resources: bool) -> Result<libcgroups::v1::Manager, OwnJoinError> {
-        let asked = self.thread.and_then(|(go, answer)| go.send(apply_resources).ok().map(|()| answer));
-        let (manager, applied) = match asked.and_then(|answer| answer.recv().ok()) {
-            Some(answer) => answer,
-            None => manager_and_limits(libcgroups::v1::Manager::new(&self.path), apply_resources, self.resources.as_ref()),
+        let manager = match self.thread.and_then(ManagerThread::take) {
+            Some(manager) => manager,
+            None => libcgroups::v1::Manager::new(&self.path),
         };
+        let (manager, applied) = manager_and_limits(manager, apply_resources, self.resources.as_ref());
         match (manager, applied) {
             (Some(manager), Ok(())) => Ok(manager),
             (manager, applied) => {

@@ -13,6 +13,8 @@
 //! cpu for the fork, the child starts there as soon as the parent sleeps;
 //! each side then takes back the cpu mask the parent had, so nothing runs
 //! pinned (the kernel keeps a cpuset cgroup's bounds over any mask).
+//! A thread whose long work runs beside that chain moves off its cpu
+//! instead ([`move_off`]).
 
 use nix::sched::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
 use nix::unistd::{fork, ForkResult, Pid};
@@ -54,6 +56,34 @@ fn every_cpu() -> nix::Result<CpuSet> {
         every.set(cpu)?;
     }
     Ok(every)
+}
+
+/// Move the calling thread off `cpu` when it runs there and may run
+/// elsewhere, its mask then taken back (the kernel leaves a running
+/// thread where it is): for a thread's long work beside the chain of
+/// forks above, which stays on the cpu of the thread that started it.
+/// Placed by the kernel on that same cpu, such work made the chain wait
+/// for it while the other cpu idled. Best effort: a failed call changes
+/// nothing, or leaves every cpu the cpuset allows.
+pub(crate) fn move_off(cpu: usize) {
+    if sched_getcpu().ok() != Some(cpu) {
+        return;
+    }
+    let Ok(before) = sched_getaffinity(Pid::from_raw(0)) else { return };
+    let mut others = before;
+    if others.unset(cpu).is_err() || !(0..CpuSet::count()).any(|c| others.is_set(c).unwrap_or(false)) {
+        return;
+    }
+    if sched_setaffinity(Pid::from_raw(0), &others).is_ok() {
+        if let Err(e) = (Pinned { before }).restore() {
+            tracing::debug!("cannot take back the cpu mask after a move: {e}");
+        }
+    }
+}
+
+/// The cpu the calling thread runs on, if the kernel says.
+pub(crate) fn current_cpu() -> Option<usize> {
+    sched_getcpu().ok()
 }
 
 /// fork(2), the child started on the caller's cpu (see above). A child
@@ -127,6 +157,21 @@ mod tests {
             let after = mask();
             assert!(before.iter().all(|cpu| after.contains(cpu)), "{after:?} lacks some of {before:?}");
             drop(pinned);
+        })
+        .join()
+        .expect("test thread");
+    }
+
+    #[test]
+    fn a_moved_thread_leaves_the_cpu_and_keeps_its_mask() {
+        std::thread::spawn(|| {
+            let before = mask();
+            let cpu = sched_getcpu().expect("cpu");
+            move_off(cpu);
+            assert_eq!(mask(), before, "the mask is not taken back");
+            if before.len() > 1 {
+                assert_ne!(sched_getcpu().expect("cpu"), cpu, "still on cpu {cpu}");
+            }
         })
         .join()
         .expect("test thread");
