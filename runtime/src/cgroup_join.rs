@@ -231,10 +231,8 @@ pub fn own_join_possible() -> bool {
 pub struct ManagerAhead {
     path: PathBuf,
     resources: Option<LinuxResources>,
-    /// The thread's: hands over the manager; told when it is taken.
+    /// None when no thread could be started: all is done on Create's.
     thread: Option<ManagerThread>,
-    /// Answers the directories the thread made.
-    dirs: Option<Receiver<DirsMade>>,
 }
 
 /// The manager (if one could be made) and the resources' application.
@@ -242,11 +240,12 @@ type Applied = (Option<libcgroups::v1::Manager>, Result<(), String>);
 
 type MadeManager = Result<libcgroups::v1::Manager, libcgroups::v1::manager::V1ManagerError>;
 
-/// The manager's thread, seen from Create: it hands over the manager
-/// (`handed`) and waits to be told that it was taken (`taken`), and
-/// removes the directories it made when it never is (the Create failed
-/// before it used them; nothing joined them).
+/// The manager's thread, seen from Create: it answers the directories it
+/// made (`dirs`), hands over the manager (`handed`) and waits to be told
+/// that it was taken (`taken`), and removes the directories it made when
+/// it never is (the Create failed before it used them; nothing joined them).
 struct ManagerThread {
+    dirs: Receiver<DirsMade>,
     taken: Sender<()>,
     handed: Receiver<MadeManager>,
 }
@@ -301,8 +300,8 @@ impl ManagerAhead {
             tracing::debug!("cannot start a thread to make the cgroup manager: {e}");
         }
         match started {
-            Ok(_) => Self { path, resources, thread: Some(ManagerThread { taken, handed }), dirs: Some(dirs_made) },
-            Err(_) => Self { path, resources, thread: None, dirs: None },
+            Ok(_) => Self { path, resources, thread: Some(ManagerThread { dirs: dirs_made, taken, handed }) },
+            Err(_) => Self { path, resources, thread: None },
         }
     }
 
@@ -387,7 +386,7 @@ impl OwnJoin {
     pub fn prepare(ahead: ManagerAhead) -> Result<(Self, PendingLimits), OwnJoinError> {
         // Made by the manager's thread (see ManagerAhead), or here when it
         // did not start.
-        let (dirs, made) = match ahead.dirs.as_ref().and_then(|made| made.recv().ok()) {
+        let (dirs, made) = match ahead.thread.as_ref().and_then(|thread| thread.dirs.recv().ok()) {
             Some(answered) => answered,
             None => make_dirs(&ahead.path),
         };
