@@ -235,9 +235,6 @@ pub struct ManagerAhead {
     thread: Option<ManagerThread>,
 }
 
-/// The manager (if one could be made) and the resources' application.
-type Applied = (Option<libcgroups::v1::Manager>, Result<(), String>);
-
 type MadeManager = Result<libcgroups::v1::Manager, libcgroups::v1::manager::V1ManagerError>;
 
 /// The manager's thread, seen from Create: it answers the directories it
@@ -311,24 +308,6 @@ impl ManagerAhead {
     }
 }
 
-/// The manager, if it was made, and the resources applied with it when asked.
-fn manager_and_limits(
-    manager: MadeManager,
-    apply_resources: bool,
-    resources: Option<&LinuxResources>,
-) -> Applied {
-    match manager {
-        Ok(manager) => {
-            let result = match apply_resources {
-                true => apply(&manager, resources),
-                false => Ok(()),
-            };
-            (Some(manager), result)
-        }
-        Err(e) => (None, Err(e.to_string())),
-    }
-}
-
 fn apply(manager: &libcgroups::v1::Manager, resources: Option<&LinuxResources>) -> Result<(), String> {
     let Some(resources) = resources else { return Ok(()) };
     let opt = ControllerOpt { resources, disable_oom_killer: false, oom_score_adj: None, freezer_state: None };
@@ -360,19 +339,25 @@ impl PendingLimits {
     }
 
     fn answer(self, apply_resources: bool) -> Result<libcgroups::v1::Manager, OwnJoinError> {
-        let manager = match self.thread.and_then(ManagerThread::take) {
-            Some(manager) => manager,
+        let made = match self.thread.and_then(ManagerThread::take) {
+            Some(made) => made,
             None => libcgroups::v1::Manager::new(&self.path),
         };
-        let (manager, applied) = manager_and_limits(manager, apply_resources, self.resources.as_ref());
-        match (manager, applied) {
-            (Some(manager), Ok(())) => Ok(manager),
-            (manager, applied) => {
-                match &manager {
-                    Some(manager) => remove_own_join(manager),
-                    None => remove_made(&self.made),
-                }
-                let message = applied.err().unwrap_or_else(|| "no cgroup manager".into());
+        let manager = match made {
+            Ok(manager) => manager,
+            Err(e) => {
+                remove_made(&self.made);
+                return Err(OwnJoinError::Apply { path: self.path, message: e.to_string() });
+            }
+        };
+        let applied = match apply_resources {
+            true => apply(&manager, self.resources.as_ref()),
+            false => Ok(()),
+        };
+        match applied {
+            Ok(()) => Ok(manager),
+            Err(message) => {
+                remove_own_join(&manager);
                 Err(OwnJoinError::Apply { path: self.path, message })
             }
         }
