@@ -30,8 +30,7 @@ impl Pinned {
     fn here() -> Option<Self> {
         let before = sched_getaffinity(Pid::from_raw(0)).ok()?;
         let cpu = sched_getcpu().ok()?;
-        let allowed = (0..CpuSet::count()).filter(|&c| before.is_set(c).unwrap_or(false)).count();
-        if allowed <= 1 {
+        if allowed(&before) <= 1 {
             return None;
         }
         let mut only = CpuSet::new();
@@ -46,6 +45,11 @@ impl Pinned {
     fn restore(self) -> nix::Result<()> {
         sched_setaffinity(Pid::from_raw(0), &self.before).or_else(|_| sched_setaffinity(Pid::from_raw(0), &every_cpu()?))
     }
+}
+
+/// How many cpus `mask` allows.
+fn allowed(mask: &CpuSet) -> usize {
+    (0..CpuSet::count()).filter(|&c| mask.is_set(c).unwrap_or(false)).count()
 }
 
 /// A mask of every cpu there can be: given to a thread, every cpu its
@@ -66,12 +70,12 @@ fn every_cpu() -> nix::Result<CpuSet> {
 /// for it while the other cpu idled. Best effort: a failed call changes
 /// nothing, or leaves every cpu the cpuset allows.
 pub(crate) fn move_off(cpu: usize) {
-    if sched_getcpu().ok() != Some(cpu) {
+    if current_cpu() != Some(cpu) {
         return;
     }
     let Ok(before) = sched_getaffinity(Pid::from_raw(0)) else { return };
     let mut others = before;
-    if others.unset(cpu).is_err() || !(0..CpuSet::count()).any(|c| others.is_set(c).unwrap_or(false)) {
+    if others.unset(cpu).is_err() || allowed(&others) == 0 {
         return;
     }
     if sched_setaffinity(Pid::from_raw(0), &others).is_ok() {
@@ -124,10 +128,15 @@ mod tests {
         (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect()
     }
 
+    /// Run `test` in a thread of its own: the masks it changes are that
+    /// thread's, and the test harness's threads keep theirs.
+    fn in_own_thread(test: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(test).join().expect("test thread");
+    }
+
     #[test]
     fn parent_and_child_keep_the_parents_mask() {
-        // In a thread of its own: the test harness's threads keep theirs.
-        std::thread::spawn(|| {
+        in_own_thread(|| {
             let before = mask();
             // SAFETY: the child only reads its mask and _exits.
             let forked = unsafe { fork_on_this_cpu() }.expect("fork");
@@ -143,28 +152,24 @@ mod tests {
                     assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0), "the child is left pinned");
                 }
             }
-        })
-        .join()
-        .expect("test thread");
+        });
     }
 
     #[test]
     fn every_cpu_unpins_a_pinned_thread() {
-        std::thread::spawn(|| {
+        in_own_thread(|| {
             let before = mask();
             let pinned = Pinned::here();
             sched_setaffinity(Pid::from_raw(0), &every_cpu().expect("mask")).expect("every cpu");
             let after = mask();
             assert!(before.iter().all(|cpu| after.contains(cpu)), "{after:?} lacks some of {before:?}");
             drop(pinned);
-        })
-        .join()
-        .expect("test thread");
+        });
     }
 
     #[test]
     fn a_moved_thread_leaves_the_cpu_and_keeps_its_mask() {
-        std::thread::spawn(|| {
+        in_own_thread(|| {
             let before = mask();
             let cpu = sched_getcpu().expect("cpu");
             move_off(cpu);
@@ -172,21 +177,17 @@ mod tests {
             if before.len() > 1 {
                 assert_ne!(sched_getcpu().expect("cpu"), cpu, "still on cpu {cpu}");
             }
-        })
-        .join()
-        .expect("test thread");
+        });
     }
 
     #[test]
     fn one_cpu_allowed_is_left_alone() {
-        std::thread::spawn(|| {
+        in_own_thread(|| {
             let cpu = sched_getcpu().expect("cpu");
             let mut only = CpuSet::new();
             only.set(cpu).expect("set");
             sched_setaffinity(Pid::from_raw(0), &only).expect("pin");
             assert!(Pinned::here().is_none());
-        })
-        .join()
-        .expect("test thread");
+        });
     }
 }
