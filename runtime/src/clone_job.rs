@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::container::ContainerError;
 use crate::executor::HybridExecutor;
 use crate::logdriver::LogOwner;
+use crate::network_ahead::ReadyNetworkNamespace;
 use crate::stdio::StdioPaths;
 use crate::tty::ConsoleSocket;
 use crate::wasm::CompiledEntry;
@@ -74,10 +75,11 @@ pub(crate) enum CloneJob {
 
 impl CloneJob {
     /// Run the job in this process, which must have a single thread; `fds`
-    /// are the descriptors its indices name. Answers the pid of the process
-    /// it made (the container's init, the exec), which is this process's
-    /// child until it exits.
-    pub(crate) fn run(self, fds: Vec<OwnedFd>) -> Result<i32, String> {
+    /// are the descriptors its indices name, `ready_network` a network
+    /// namespace made ahead for a wasm init made here (network_ahead.rs).
+    /// Answers the pid of the process it made (the container's init, the
+    /// exec), which is this process's child until it exits.
+    pub(crate) fn run(self, fds: Vec<OwnedFd>, ready_network: Option<ReadyNetworkNamespace>) -> Result<i32, String> {
         let fd = |index: usize| fds.get(index).map(AsRawFd::as_raw_fd).ok_or_else(|| format!("descriptor {index} was not sent"));
         // A wasm init in cgroups joined here is made without libcontainer's
         // intermediate process (see direct_init.rs), when its spec allows.
@@ -102,9 +104,11 @@ impl CloneJob {
                 let mut container = match (direct_spec, process.stdio) {
                     (Some(spec), Some([stdin, stdout, stderr])) => {
                         let stdio = crate::direct_init::InitStdio { stdin: fd(stdin)?, stdout: fd(stdout)?, stderr: fd(stderr)? };
-                        crate::direct_init::create(&id, &bundle, &state_root, spec, executor, stdio)?
+                        crate::direct_init::create(&id, &bundle, &state_root, spec, executor, stdio, ready_network)?
                     }
                     _ => {
+                        // Not for libcontainer's clones to inherit.
+                        drop(ready_network);
                         let builder = process.builder(&id, &state_root, executor, &fds)?;
                         builder.as_init(&bundle).with_systemd(false).with_detach(true).build().map_err(|e| e.to_string())?
                     }
@@ -125,6 +129,7 @@ impl CloneJob {
                 made
             }
             CloneJob::Exec { id, state_root, process_file, process, own_join: _ } => {
+                drop(ready_network);
                 let executor = process.executor();
                 let builder = process.builder(&id, &state_root, executor, &fds)?;
                 let pid = builder.as_tenant().with_process(Some(&process_file)).with_detach(true).build().map_err(|e| e.to_string())?;
@@ -144,7 +149,7 @@ impl CloneJob {
                 Err(e) => tracing::warn!("{e}: the job runs in a forked copy of this process"),
             }
         }
-        crate::fork_guard::in_forked_copy(move || self.run(fds))
+        crate::fork_guard::in_forked_copy(move || self.run(fds, None))
     }
 }
 

@@ -34,6 +34,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::executor::HybridExecutor;
+use crate::network_ahead::ReadyNetworkNamespace;
 
 /// The container's standard streams, as descriptors of the creator.
 pub(crate) struct InitStdio {
@@ -88,6 +89,7 @@ pub(crate) fn create(
     mut spec: Spec,
     executor: HybridExecutor,
     stdio: InitStdio,
+    ready_network: Option<ReadyNetworkNamespace>,
 ) -> Result<Container, String> {
     libcontainer::validator::Validator::validate_spec(&spec).map_err(|e| format!("invalid spec: {e}"))?;
     spec.canonicalize_rootfs(bundle).map_err(|e| format!("bundle {bundle:?}: {e}"))?;
@@ -96,7 +98,7 @@ pub(crate) fn create(
         return Err(format!("container {id} already exists in {state_root:?}"));
     }
     std::fs::create_dir_all(&container_dir).map_err(|e| format!("cannot create {container_dir:?}: {e}"))?;
-    let made = make_init(id, bundle, &container_dir, spec, executor, stdio);
+    let made = make_init(id, bundle, &container_dir, spec, executor, stdio, ready_network);
     if made.is_err() {
         let _ = std::fs::remove_dir_all(&container_dir);
     }
@@ -107,9 +109,10 @@ fn make_init(
     id: &str,
     bundle: &Path,
     container_dir: &Path,
-    spec: Spec,
+    mut spec: Spec,
     executor: HybridExecutor,
     stdio: InitStdio,
+    ready_network: Option<ReadyNetworkNamespace>,
 ) -> Result<Container, String> {
     fn failed(what: &'static str) -> impl Fn(String) -> String {
         move |e| format!("{what}: {e}")
@@ -143,6 +146,14 @@ fn make_init(
     let namespaces = Namespaces::try_from(linux.namespaces().as_ref()).map_err(|e| format!("namespaces: {e}"))?;
     if let Some(pid_namespace) = namespaces.get(LinuxNamespaceType::Pid).map_err(|e| format!("pid namespace: {e}"))? {
         namespaces.unshare_or_setns(pid_namespace).map_err(|e| format!("pid namespace: {e}"))?;
+    }
+    // The validated spec's own network namespace, made ahead, instead of
+    // the init's unshare (network_ahead.rs); the init makes its own when
+    // this fails.
+    if let Some(ready) = ready_network {
+        if let Err(e) = ready.enter_for(&mut spec) {
+            tracing::debug!(id = %id, "the init makes its network namespace: {e}");
+        }
     }
     let args = ContainerArgs {
         container_type: ContainerType::InitContainer,

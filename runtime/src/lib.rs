@@ -15,6 +15,7 @@ mod direct_init;
 pub mod exec;
 pub mod limits;
 pub mod logdriver;
+mod network_ahead;
 pub mod oneshot;
 pub mod executor;
 pub mod fds;

@@ -18,6 +18,7 @@
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use nix::sys::time::TimeVal;
 use nix::unistd::{fork, ForkResult};
 
 use crate::clone_job::CloneJob;
+use crate::network_ahead::ReadyNetworkNamespace;
 
 /// A job is a container's ids, paths and workload: well under this.
 const MAX_MESSAGE: usize = 256 * 1024;
@@ -45,10 +47,11 @@ static SPAWNER: OnceLock<Mutex<OwnedFd>> = OnceLock::new();
 type Answer = Result<i32, String>;
 
 /// Fork the spawner. Call first thing in `main`, while the process is
-/// single-threaded, and only in the process that will serve containers.
-/// The calling process becomes a child subreaper: the processes the
-/// spawner's creators leave are reparented to it when their creator exits.
-pub fn start() -> std::io::Result<()> {
+/// single-threaded, and only in the process that will serve containers;
+/// `first_bundle` is the bundle of the container it starts for. The
+/// calling process becomes a child subreaper: the processes the spawner's
+/// creators leave are reparented to it when their creator exits.
+pub fn start(first_bundle: Option<PathBuf>) -> std::io::Result<()> {
     // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag; no memory is
     // passed. Set before the fork: only processes forked after it are
     // reparented here (the kernel marks descendants at fork time).
@@ -67,7 +70,7 @@ pub fn start() -> std::io::Result<()> {
         }
         ForkResult::Child => {
             drop(ours);
-            serve(theirs)
+            serve(theirs, first_bundle)
         }
     }
 }
@@ -121,7 +124,7 @@ fn receive(fd: RawFd) -> nix::Result<(Vec<u8>, Vec<OwnedFd>)> {
 
 /// The spawner: make the engine, then a creator per request, until the
 /// shim goes away.
-fn serve(socket: OwnedFd) -> ! {
+fn serve(socket: OwnedFd, first_bundle: Option<PathBuf>) -> ! {
     // SAFETY: PR_SET_PDEATHSIG and PR_SET_NAME take a signal number and a
     // NUL-terminated name of at most 16 bytes; nothing else is touched.
     unsafe {
@@ -136,6 +139,16 @@ fn serve(socket: OwnedFd) -> ! {
     if let Err(e) = crate::wasm::warm_shared_engine() {
         tracing::warn!("spawner: {e}");
     }
+    // The first container's network namespace, while its job is on its way
+    // (network_ahead.rs); it goes with the first job.
+    let mut ready_network = match first_bundle.as_deref().map(ReadyNetworkNamespace::for_bundle).transpose() {
+        Ok(ready) => ready.flatten(),
+        Err(e) => {
+            // Every container cloned from here would start in it.
+            tracing::error!("spawner: {e}");
+            exit_now(1)
+        }
+    };
     loop {
         let (job, fds) = match receive(socket.as_raw_fd()) {
             Ok(received) => received,
@@ -146,7 +159,7 @@ fn serve(socket: OwnedFd) -> ! {
         match unsafe { crate::same_cpu::fork_on_this_cpu() } {
             Ok(ForkResult::Child) => {
                 let answer: Answer = match serde_json::from_slice::<CloneJob>(&job) {
-                    Ok(job) => job.run(fds),
+                    Ok(job) => job.run(fds, ready_network.take()),
                     Err(e) => Err(format!("bad job: {e}")),
                 };
                 let bytes = serde_json::to_vec(&answer).unwrap_or_default();
@@ -156,8 +169,10 @@ fn serve(socket: OwnedFd) -> ! {
                 exit_now(if sent.is_ok() { 0 } else { 1 })
             }
             Ok(ForkResult::Parent { child }) => {
-                // The job's descriptors are the creator's now.
+                // The job's descriptors are the creator's now, and so is
+                // the network namespace made ahead.
                 drop(fds);
+                ready_network = None;
                 // The creator is quick; the processes it leaves are not its
                 // children for long (they go to the shim when it exits).
                 let _ = nix::sys::wait::waitpid(child, None);

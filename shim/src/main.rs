@@ -150,7 +150,8 @@ fn serve_containers(flags: &containerd_shim::Flags, listener: UnixListener) {
     // hybrid_runtime::spawner). With HYBRID_SPAWNER=off they are cloned
     // from forked copies of the shim (hybrid_runtime::fork_guard).
     if std::env::var("HYBRID_SPAWNER").as_deref() != Ok("off") {
-        if let Err(e) = hybrid_runtime::spawner::start() {
+        // The serving shim runs in its first container's bundle (`start`'s).
+        if let Err(e) = hybrid_runtime::spawner::start(std::env::current_dir().ok()) {
             eprintln!("{RUNTIME_ID}: no spawner, containers are cloned from forked copies of the shim: {e}");
         }
     }

@@ -73,6 +73,68 @@ fn a_group_is_served_by_one_shim_until_its_last_container_is_deleted() {
     assert!(shims_on(&socket).is_empty(), "nothing listens on {socket} any more");
 }
 
+/// The network namespace process `pid` is in.
+fn network_namespace(pid: i32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap_or_else(|e| panic!("network namespace of {pid}: {e}"))
+}
+
+/// The interfaces of the network namespace `pid` is in.
+fn interfaces(pid: i32) -> Vec<String> {
+    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_else(|e| panic!("interfaces of {pid}: {e}"));
+    dev.lines().skip(2).filter_map(|l| Some(l.split(':').next()?.trim().to_string())).collect()
+}
+
+/// The spawner makes the network namespace of its shim's first container
+/// ahead (network_ahead.rs): the container must still get one of its own,
+/// as must the group's later ones, which make theirs; a container on the
+/// host's network stays there, first in its shim or not, and the spawner,
+/// which clones them all, stays in the host's.
+#[test]
+fn every_wasm_container_gets_a_network_namespace_of_its_own_unless_it_asks_for_the_hosts() {
+    let env = env();
+    let host = std::fs::read_link("/proc/self/ns/net").expect("the host's network namespace");
+    let group = unique_id("netns");
+    let annotation = format!("{GROUP_ANNOTATION}={group}");
+    let (first, host_net, later) = (unique_id("net-first"), unique_id("net-host"), unique_id("net-later"));
+    let alone_on_host = unique_id("net-alone");
+    let run = |id: &str, group: Option<&str>, host_network: bool| {
+        let mut cmd: Vec<&str> = vec!["run", "-d", "--runtime", HYBRID_RUNTIME];
+        if let Some(annotation) = group {
+            cmd.extend(["--annotation", annotation]);
+        }
+        if host_network {
+            cmd.push("--net-host");
+        }
+        let image_ref = image("sleep-wat");
+        cmd.extend([image_ref.as_str(), id]);
+        let ran = env.ctr_out(&cmd);
+        assert_eq!(ran.code, 0, "{id}: {ran:?}");
+        assert!(env.wait_for_status(id, "RUNNING", Duration::from_secs(30)), "task {id} never ran");
+        task_pid(env, id)
+    };
+    let first_pid = run(&first, Some(&annotation), false);
+    let host_net_pid = run(&host_net, Some(&annotation), true);
+    let later_pid = run(&later, Some(&annotation), false);
+    let alone_pid = run(&alone_on_host, None, true);
+
+    let (first_ns, later_ns) = (network_namespace(first_pid), network_namespace(later_pid));
+    assert_ne!(first_ns, host, "{first}: the group's first container has a network namespace of its own");
+    assert_ne!(later_ns, host, "{later}: a later container of the group has one of its own");
+    assert_ne!(first_ns, later_ns, "the two containers share no network namespace");
+    for (id, pid) in [(&first, first_pid), (&later, later_pid)] {
+        assert_eq!(interfaces(pid), vec!["lo".to_string()], "{id}: a new network namespace has only its loopback");
+    }
+    assert_eq!(network_namespace(host_net_pid), host, "{host_net}: --net-host keeps the host's network");
+    assert_eq!(network_namespace(alone_pid), host, "{alone_on_host}: --net-host, first in its shim, keeps the host's network");
+    let socket = shim_address(env, &first).trim_start_matches("unix://").to_string();
+    let spawners = spawners_on(&socket);
+    assert_eq!(spawners.len(), 1, "one spawner for the group's shim");
+    assert_eq!(network_namespace(spawners[0]), host, "the spawner is in the host's network namespace");
+    for id in [&first, &host_net, &later, &alone_on_host] {
+        remove(env, id);
+    }
+}
+
 /// The shim's spawner clones every container and exec (clone_job.rs); if
 /// it is killed, the shim clones from a forked copy of itself instead of
 /// failing every later Create and Exec of the group.
