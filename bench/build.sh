@@ -24,7 +24,7 @@ case $profile in
   debug) cargo build --quiet -p hybrid-cli ;;
   *) echo "HYBRID_BENCH_PROFILE must be release or debug" >&2; exit 1 ;;
 esac
-hybrid=$root/target/$profile/hybrid
+hybrid=$(bash scripts/target-dir.sh "$profile")/hybrid
 
 work=$(mktemp -d /tmp/hybrid-build-bench.XXXXXX)
 trap 'buildah --root "$work/buildah" --runroot "$work/run" rm --all >/dev/null 2>&1 || true; rm -rf "$work"' EXIT

@@ -23,7 +23,8 @@
 #   HYBRID               path to the `hybrid` binary; with CONTAINERD_ADDRESS,
 #                        each example is built as hybrid-examples/NAME:latest
 #                        and loaded into that containerd (http-hello needs it
-#                        for componentize; default target/debug/hybrid)
+#                        for componentize; default the debug build's, see
+#                        scripts/target-dir.sh)
 #   CONTAINERD_ADDRESS   containerd socket (see scripts/containerd.sh env)
 #   CONTAINERD_NAMESPACE containerd namespace (default: default)
 #   RUSTC                rustc with a wasm32-wasi std (default: /usr/bin/rustc,
@@ -96,7 +97,7 @@ build_http_hello() {
     out=$dir/http-hello.wasm
     tmp=$out.tmp.$$
     need_wasm_rustc
-    hybrid=${HYBRID:-$repo/target/debug/hybrid}
+    hybrid=${HYBRID:-$(bash "$repo/scripts/target-dir.sh" debug)/hybrid}
     [ -x "$hybrid" ] || die "http-hello: $hybrid not found (cargo build -p hybrid-cli, or set HYBRID)"
     # The WIT of the wasi:http version the runtime serves: read from the
     # wasmtime-wasi-http crate the workspace builds with, never copied here.

@@ -19,9 +19,9 @@
 # Environment (start):
 #   HYBRID_BIN_DIR        directory holding containerd-shim-hybrid-v2; put first
 #                         on containerd's PATH so it finds our shim for runtime
-#                         io.containerd.hybrid.v2 (default: the repo's
-#                         target/debug, else target/release, if the shim is
-#                         there)
+#                         io.containerd.hybrid.v2 (default: the repo's debug
+#                         build, else its release build, if the shim is there:
+#                         scripts/target-dir.sh)
 #   CONTAINERD            containerd binary (default: containerd)
 #   CTR                   ctr binary (default: ctr)
 #   CONTAINERD_LOG_LEVEL  containerd log level (default: info)
@@ -182,7 +182,7 @@ find_bin_dir() {
         return
     fi
     local d
-    for d in "$repo/target/debug" "$repo/target/release"; do
+    for d in "$(bash "$repo/scripts/target-dir.sh" debug)" "$(bash "$repo/scripts/target-dir.sh" release)"; do
         if [ -x "$d/containerd-shim-hybrid-v2" ]; then
             echo "$d"
             return

@@ -10,12 +10,12 @@ bash scripts/install-deps.sh
 cargo build --workspace --bins
 
 state=${HYBRID_DEMO_STATE:-/tmp/hybrid-demo}
-export HYBRID_BIN_DIR="$root/target/debug"
+export HYBRID_BIN_DIR=$(bash scripts/target-dir.sh debug)
 bash scripts/containerd.sh start "$state"
 trap 'bash scripts/containerd.sh stop "$state"' EXIT
 eval "$(bash scripts/containerd.sh env "$state")"
 
-HYBRID="$root/target/debug/hybrid" bash scripts/build-examples.sh
+HYBRID="$HYBRID_BIN_DIR/hybrid" bash scripts/build-examples.sh
 
 ctr_() { ctr --address "$CONTAINERD_ADDRESS" "$@"; }
 echo "== images"

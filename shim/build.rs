@@ -14,6 +14,10 @@
 // unlike DT_RUNPATH) naming the directories the system's loader cache has
 // them in finds them first (19 failed opens). A directory missing where the
 // binary runs is skipped after one look.
+//
+// The workspace's own build (.cargo/config.toml) links statically, with
+// neither loader nor libraries: the DT_RPATH is then left out, and
+// `-no-pie` says what rustc's static relocation model asks anyway.
 use std::process::Command;
 
 /// The shared libraries the shim links against.
@@ -21,6 +25,10 @@ const LIBRARIES: [&str; 4] = ["libc.so.6", "libm.so.6", "libgcc_s.so.1", "libsec
 
 fn main() {
     println!("cargo:rustc-link-arg-bins=-no-pie");
+    let static_crt = std::env::var("CARGO_CFG_TARGET_FEATURE").is_ok_and(|f| f.split(',').any(|f| f == "crt-static"));
+    if static_crt {
+        return;
+    }
     if let Some(dirs) = library_dirs() {
         println!("cargo:rustc-link-arg-bins=-Wl,--disable-new-dtags,-rpath,{}", dirs.join(":"));
     }

@@ -17,11 +17,14 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
-/// Where the workspace's binaries are (cargo build --workspace --bins).
+/// Where the workspace's binaries are (cargo build --workspace --bins): the
+/// profile directory this test was built into (test binaries run from its
+/// `deps`), unless HYBRID_BIN_DIR names another.
 pub fn bin_dir() -> PathBuf {
-    std::env::var_os("HYBRID_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/debug"))
+    std::env::var_os("HYBRID_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        exe.parent().and_then(Path::parent).expect("a test binary in <profile>/deps").to_path_buf()
+    })
 }
 
 pub fn hybrid_bin() -> PathBuf {
