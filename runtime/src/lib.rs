@@ -36,6 +36,16 @@ pub mod tty;
 pub mod wasm;
 pub mod workload;
 
+/// Helpers the unit tests of several modules share.
+#[cfg(test)]
+mod test_support {
+    /// Run `test` on a thread of its own, for what a thread changes of
+    /// itself (its cpu mask, its network namespace).
+    pub(crate) fn in_own_thread(test: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(test).join().expect("test thread");
+    }
+}
+
 pub use container::{CgroupStats, CgroupVersion, CgroupWarmup, ContainerConfig, ContainerError, HybridContainer, LearnedCgroups};
 pub use exec::{PreparedExec, StartedExec};
 pub use logdriver::LogOwner;

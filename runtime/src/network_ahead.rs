@@ -113,6 +113,8 @@ fn wants_new(spec: &Spec) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // A network namespace is a thread's: each test changes its own thread's.
+    use crate::test_support::in_own_thread;
 
     fn own_namespace() -> std::fs::Metadata {
         std::fs::metadata(OWN_NAMESPACE).expect("own network namespace")
@@ -121,11 +123,6 @@ mod tests {
     fn same(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
         use std::os::unix::fs::MetadataExt;
         (a.dev(), a.ino()) == (b.dev(), b.ino())
-    }
-
-    /// Runs `f` on a thread of its own: a network namespace is a thread's.
-    fn in_own_thread(f: impl FnOnce() + Send + 'static) {
-        std::thread::spawn(f).join().expect("the test's thread");
     }
 
     #[test]

@@ -122,16 +122,12 @@ pub(crate) unsafe fn fork_on_this_cpu() -> nix::Result<ForkResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The masks a test changes are its own thread's; the harness's keep theirs.
+    use crate::test_support::in_own_thread;
 
     fn mask() -> Vec<usize> {
         let set = sched_getaffinity(Pid::from_raw(0)).expect("affinity");
         (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect()
-    }
-
-    /// Run `test` in a thread of its own: the masks it changes are that
-    /// thread's, and the test harness's threads keep theirs.
-    fn in_own_thread(test: impl FnOnce() + Send + 'static) {
-        std::thread::spawn(test).join().expect("test thread");
     }
 
     #[test]
