@@ -26,11 +26,17 @@ fn spawners_on(socket: &str) -> Vec<i32> {
 }
 
 fn run_detached(env: &Env, id: &str, image_ref: &str, group: Option<&str>, args: &[&str]) {
+    run_detached_with(env, id, image_ref, group, &[], args);
+}
+
+/// As run_detached, with `flags` for `ctr run` (before the image).
+fn run_detached_with(env: &Env, id: &str, image_ref: &str, group: Option<&str>, flags: &[&str], args: &[&str]) {
     let annotation = group.map(|g| format!("{GROUP_ANNOTATION}={g}"));
     let mut cmd: Vec<&str> = vec!["run", "-d", "--runtime", HYBRID_RUNTIME];
     if let Some(a) = &annotation {
         cmd.extend(["--annotation", a.as_str()]);
     }
+    cmd.extend(flags);
     cmd.extend([image_ref, id]);
     cmd.extend(args);
     let run = env.ctr_out(&cmd);
@@ -94,28 +100,16 @@ fn every_wasm_container_gets_a_network_namespace_of_its_own_unless_it_asks_for_t
     let env = env();
     let host = std::fs::read_link("/proc/self/ns/net").expect("the host's network namespace");
     let group = unique_id("netns");
-    let annotation = format!("{GROUP_ANNOTATION}={group}");
     let (first, host_net, later) = (unique_id("net-first"), unique_id("net-host"), unique_id("net-later"));
     let alone_on_host = unique_id("net-alone");
-    let run = |id: &str, group: Option<&str>, host_network: bool| {
-        let mut cmd: Vec<&str> = vec!["run", "-d", "--runtime", HYBRID_RUNTIME];
-        if let Some(annotation) = group {
-            cmd.extend(["--annotation", annotation]);
-        }
-        if host_network {
-            cmd.push("--net-host");
-        }
-        let image_ref = image("sleep-wat");
-        cmd.extend([image_ref.as_str(), id]);
-        let ran = env.ctr_out(&cmd);
-        assert_eq!(ran.code, 0, "{id}: {ran:?}");
-        assert!(env.wait_for_status(id, "RUNNING", Duration::from_secs(30)), "task {id} never ran");
+    let run = |id: &str, group: Option<&str>, flags: &[&str]| {
+        run_detached_with(env, id, &image("sleep-wat"), group, flags, &[]);
         task_pid(env, id)
     };
-    let first_pid = run(&first, Some(&annotation), false);
-    let host_net_pid = run(&host_net, Some(&annotation), true);
-    let later_pid = run(&later, Some(&annotation), false);
-    let alone_pid = run(&alone_on_host, None, true);
+    let first_pid = run(&first, Some(&group), &[]);
+    let host_net_pid = run(&host_net, Some(&group), &["--net-host"]);
+    let later_pid = run(&later, Some(&group), &[]);
+    let alone_pid = run(&alone_on_host, None, &["--net-host"]);
 
     let (first_ns, later_ns) = (network_namespace(first_pid), network_namespace(later_pid));
     assert_ne!(first_ns, host, "{first}: the group's first container has a network namespace of its own");
