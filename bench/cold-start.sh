@@ -21,7 +21,8 @@ case $profile in
   *) echo "HYBRID_BENCH_PROFILE must be release or debug" >&2; exit 1 ;;
 esac
 state=$(mktemp -d /tmp/hybrid-bench.XXXXXX)
-export HYBRID_BIN_DIR=$(bash scripts/target-dir.sh "$profile")
+bin_dir=$(bash scripts/target-dir.sh "$profile")
+export HYBRID_BIN_DIR="$bin_dir"
 if [ -n "${RUNWASI_SHIM:-}" ]; then
   # containerd finds io.containerd.wasmtime.v1 as containerd-shim-wasmtime-v1 on PATH.
   export HYBRID_BIN_DIR="$HYBRID_BIN_DIR:$(dirname "$RUNWASI_SHIM")"
@@ -29,7 +30,7 @@ fi
 bash scripts/containerd.sh start "$state" >/dev/null
 trap 'bash scripts/containerd.sh stop "$state" >/dev/null; rm -rf "$state"' EXIT
 eval "$(bash scripts/containerd.sh env "$state")"
-HYBRID="$(bash scripts/target-dir.sh "$profile")/hybrid" bash scripts/build-examples.sh >/dev/null
+HYBRID="$bin_dir/hybrid" bash scripts/build-examples.sh >/dev/null
 
 ctr_() { ctr --address "$CONTAINERD_ADDRESS" "$@"; }
 hello=docker.io/hybrid-examples/hello-rust:latest

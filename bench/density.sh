@@ -33,7 +33,8 @@ case $profile in
   *) echo "HYBRID_BENCH_PROFILE must be release or debug" >&2; exit 1 ;;
 esac
 state=$(mktemp -d /tmp/hybrid-density.XXXXXX)
-export HYBRID_BIN_DIR=$(bash scripts/target-dir.sh "$profile")
+bin_dir=$(bash scripts/target-dir.sh "$profile")
+export HYBRID_BIN_DIR="$bin_dir"
 if [ -n "${RUNWASI_SHIM:-}" ]; then
   # containerd finds io.containerd.wasmtime.v1 as containerd-shim-wasmtime-v1 on PATH.
   [ "$(basename "$RUNWASI_SHIM")" = containerd-shim-wasmtime-v1 ] && [ -x "$RUNWASI_SHIM" ] \
@@ -43,7 +44,7 @@ fi
 bash scripts/containerd.sh start "$state" >/dev/null
 trap 'bash scripts/containerd.sh stop "$state" >/dev/null; rm -rf "$state"' EXIT
 eval "$(bash scripts/containerd.sh env "$state")"
-HYBRID="$(bash scripts/target-dir.sh "$profile")/hybrid" bash scripts/build-examples.sh >/dev/null 2>&1
+HYBRID="$bin_dir/hybrid" bash scripts/build-examples.sh >/dev/null 2>&1
 ctr_() { ctr --address "$CONTAINERD_ADDRESS" "$@"; }
 
 pss_kb() { awk '/^Pss:/ {s += $2} END {print s + 0}' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
