@@ -80,8 +80,14 @@ shim_pids() { # pattern [id]
     args=$({ tr '\0' ' ' <"$d/cmdline"; } 2>/dev/null) || continue
     if grep -q -- "$pattern.*-address $CONTAINERD_ADDRESS " <<<"$args" && { [ -z "$id" ] || grep -q -- "-id $id " <<<"$args"; }; then
       # Only processes in our pid namespace: a wasm container's init is a
-      # clone of the shim and carries its command line too.
-      [ "$(readlink "$d/ns/pid")" = "$(readlink /proc/self/ns/pid)" ] && echo "${d#/proc/}"
+      # clone of the shim and carries its command line too. (An `if`, not
+      # `[ ] && echo`: a false test as the loop's last command would fail
+      # the function, and `serving=$(shim_pids ...)` with it under set -e,
+      # ending the bench silently whenever the last /proc entry read was
+      # such an init.)
+      if [ "$(readlink "$d/ns/pid")" = "$(readlink /proc/self/ns/pid)" ]; then
+        echo "${d#/proc/}"
+      fi
     fi
   done
 }
