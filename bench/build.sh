@@ -13,7 +13,6 @@
 # the debug build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
 rounds=${1:-5}
 
 bash scripts/install-deps.sh

@@ -8,7 +8,6 @@
 # Usage: bench/cold-start.sh [ROUNDS]   (default 20; root; builds if needed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
 rounds=${1:-20}
 
 bash scripts/install-deps.sh

@@ -20,7 +20,6 @@
 # Usage: bench/density.sh [N]   (default 50; root; builds if needed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
 n=${1:-50}
 
 bash scripts/install-deps.sh >/dev/null

@@ -4,13 +4,15 @@
 # wasm and a Linux container through our shim.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
 
 bash scripts/install-deps.sh
 cargo build --workspace --bins
 
 state=${HYBRID_DEMO_STATE:-/tmp/hybrid-demo}
-export HYBRID_BIN_DIR=$(bash scripts/target-dir.sh debug)
+# Assigned, then exported: `export X=$(...)` would hide a failure of the
+# command from set -e.
+HYBRID_BIN_DIR=$(bash scripts/target-dir.sh debug)
+export HYBRID_BIN_DIR
 bash scripts/containerd.sh start "$state"
 trap 'bash scripts/containerd.sh stop "$state"' EXIT
 eval "$(bash scripts/containerd.sh env "$state")"
