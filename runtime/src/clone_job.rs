@@ -25,6 +25,7 @@ use crate::container::ContainerError;
 use crate::executor::HybridExecutor;
 use crate::logdriver::LogOwner;
 use crate::network_ahead::ReadyNetworkNamespace;
+use crate::ready_later::{EarlyAnswer, Made};
 use crate::stdio::StdioPaths;
 use crate::tty::ConsoleSocket;
 use crate::wasm::CompiledEntry;
@@ -61,6 +62,10 @@ pub(crate) enum CloneJob {
         guest_report_fd: Option<usize>,
         /// The cgroups this process joins itself before libcontainer runs.
         own_join: Option<crate::cgroup_join::OwnJoin>,
+        /// Index of the ready pipe's write end: where an init made without
+        /// libcontainer's intermediate is answered before it is ready
+        /// (ready_later.rs).
+        ready_fd: Option<usize>,
     },
     /// Start an exec in a running container.
     Exec {
@@ -78,8 +83,10 @@ impl CloneJob {
     /// are the descriptors its indices name, `ready_network` a network
     /// namespace made ahead for a wasm init made here (network_ahead.rs).
     /// Answers the pid of the process it made (the container's init, the
-    /// exec), which is this process's child until it exits.
-    pub(crate) fn run(self, fds: Vec<OwnedFd>, ready_network: Option<ReadyNetworkNamespace>) -> Result<i32, String> {
+    /// exec), which is this process's child until it exits; a Create with
+    /// a ready pipe may answer through `early` before its init is ready,
+    /// and then tells the rest on the pipe.
+    pub(crate) fn run(self, fds: Vec<OwnedFd>, ready_network: Option<ReadyNetworkNamespace>, early: &mut EarlyAnswer) -> Result<Made, String> {
         let fd = |index: usize| fds.get(index).map(AsRawFd::as_raw_fd).ok_or_else(|| format!("descriptor {index} was not sent"));
         // A wasm init in cgroups joined here is made without libcontainer's
         // intermediate process (see direct_init.rs), when its spec allows.
@@ -96,15 +103,21 @@ impl CloneJob {
             join.run(direct_spec.is_none()).map_err(|e| e.to_string())?;
         }
         match self {
-            CloneJob::Create { id, bundle, state_root, process, http_port, guest_report_fd, own_join: _ } => {
+            CloneJob::Create { id, bundle, state_root, process, http_port, guest_report_fd, own_join: _, ready_fd } => {
                 let mut executor = process.executor().with_http_port(http_port).waiting_for_start();
                 if let Some(index) = guest_report_fd {
                     executor = executor.with_guest_report(fd(index)?);
                 }
+                let ready_fd = ready_fd.map(fd).transpose()?;
                 let mut container = match (direct_spec, process.stdio) {
                     (Some(spec), Some([stdin, stdout, stderr])) => {
                         let stdio = crate::direct_init::InitStdio { stdin: fd(stdin)?, stdout: fd(stdout)?, stderr: fd(stderr)? };
-                        crate::direct_init::create(&id, &bundle, &state_root, spec, executor, stdio, ready_network)?
+                        let answer_early = ready_fd.map(|fd| (fd, &mut *early));
+                        let made = crate::direct_init::create(&id, &bundle, &state_root, spec, executor, stdio, ready_network, answer_early);
+                        match made {
+                            Ok(container) => container,
+                            Err(e) => return Err(report_after_answer(early, ready_fd, e)),
+                        }
                     }
                     _ => {
                         // Not for libcontainer's clones to inherit.
@@ -123,17 +136,34 @@ impl CloneJob {
                     }
                     Ok(pid)
                 });
-                if made.is_err() {
-                    let _ = container.delete(true);
+                match made {
+                    Ok(pid) if early.sent() => {
+                        if let Some(ready_fd) = ready_fd {
+                            crate::ready_later::report(ready_fd, Ok(()));
+                        }
+                        Ok(Made { pid, ready_later: true })
+                    }
+                    Ok(pid) => Ok(Made::ready(pid)),
+                    Err(e) if early.sent() => {
+                        // The shim has the container: it is left for its
+                        // Delete, its init killed before it could start.
+                        if let Some(pid) = container.pid() {
+                            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                        }
+                        Err(report_after_answer(early, ready_fd, e))
+                    }
+                    Err(e) => {
+                        let _ = container.delete(true);
+                        Err(e)
+                    }
                 }
-                made
             }
             CloneJob::Exec { id, state_root, process_file, process, own_join: _ } => {
                 drop(ready_network);
                 let executor = process.executor();
                 let builder = process.builder(&id, &state_root, executor, &fds)?;
                 let pid = builder.as_tenant().with_process(Some(&process_file)).with_detach(true).build().map_err(|e| e.to_string())?;
-                Ok(pid.as_raw())
+                Ok(Made::ready(pid.as_raw()))
             }
         }
     }
@@ -142,15 +172,24 @@ impl CloneJob {
     /// or, in a process without one (the `hybrid` command, a shim run with
     /// HYBRID_SPAWNER=off) or whose spawner is gone (killed), in a forked
     /// copy of this process.
-    pub(crate) fn run_cleanly(self, fds: Vec<OwnedFd>) -> Result<i32, String> {
+    pub(crate) fn run_cleanly(self, fds: Vec<OwnedFd>) -> Result<Made, String> {
         if crate::spawner::available() {
             match crate::spawner::run(&self, &fds) {
                 Ok(answer) => return answer,
                 Err(e) => tracing::warn!("{e}: the job runs in a forked copy of this process"),
             }
         }
-        crate::fork_guard::in_forked_copy(move || self.run(fds, None))
+        crate::fork_guard::in_forked_copy(move || self.run(fds, None, &mut EarlyAnswer::none()))
     }
+}
+
+/// A Create's failure `message`, told on the ready pipe as well when the
+/// answer went before it (the shim then learns it there).
+fn report_after_answer(early: &EarlyAnswer, ready_fd: Option<std::os::fd::RawFd>, message: String) -> String {
+    if let (true, Some(fd)) = (early.sent(), ready_fd) {
+        crate::ready_later::report(fd, Err(message.clone()));
+    }
+    message
 }
 
 impl JobProcess {

@@ -14,6 +14,7 @@ use oci_spec::runtime::Spec;
 
 use crate::guest_report::{GuestReport, GuestReportPipe};
 use crate::held_namespace::HeldMountNamespace;
+use crate::ready_later::{AfterReady, Readiness, ReadyPipe};
 use crate::clone_job::{CloneJob, JobProcess};
 use crate::compile_cache::CompileCache;
 use crate::wasm;
@@ -60,6 +61,8 @@ pub enum ContainerError {
     GuestReportPipe { id: String, source: std::io::Error },
     #[error(transparent)]
     HttpPort(#[from] crate::http::PortError),
+    #[error(transparent)]
+    MountSource(#[from] crate::mount_sources::MountSourceError),
 }
 
 pub use libcgroups::stats::{MemoryData, Stats as CgroupStats};
@@ -113,6 +116,51 @@ pub struct HybridContainer {
     /// Its mount namespace, so that the init's exit does not tear it down
     /// (see held_namespace.rs).
     mount_namespace: Option<HeldMountNamespace>,
+    /// The rest of its Create, when Create answered before its init was
+    /// ready (ready_later.rs): Start waits for it.
+    setup: Option<Readiness<SetupDone>>,
+}
+
+/// What a Create leaves once the init is ready.
+struct SetupDone {
+    learned: Option<LearnedCgroups>,
+    mount_namespace: Option<HeldMountNamespace>,
+}
+
+/// The limits of a container whose creator joined its cgroups itself
+/// (cgroup_join.rs), to apply once its init is ready.
+struct OwnLimits {
+    pending: Option<crate::cgroup_join::PendingLimits>,
+    path: Option<PathBuf>,
+    poststop: bool,
+    init_pid: Option<i32>,
+}
+
+impl AfterReady for OwnLimits {
+    type Output = SetupDone;
+
+    fn ready(self) -> Result<SetupDone, String> {
+        let manager = self.pending.map(crate::cgroup_join::PendingLimits::finish).transpose().map_err(|e| e.to_string())?;
+        // The manager that applied the resources is the one Stats, the exit
+        // and Delete use: nothing is left to learn.
+        let learned = match (manager, self.path) {
+            (Some(manager), Some(path)) => {
+                let oom_file = crate::cgroup_join::oom_control_file(&path).or_else(|| oom_kill_file(&path));
+                let teardown = Teardown { oom_file, plain: !self.poststop };
+                Some(LearnedCgroups { init_pid: self.init_pid, manager: manager.any(), teardown })
+            }
+            _ => None,
+        };
+        // Its own namespace by now: the init made it before it was ready.
+        let mount_namespace = self.init_pid.and_then(HeldMountNamespace::of);
+        Ok(SetupDone { learned, mount_namespace })
+    }
+
+    fn failed(self) {
+        if let Some(pending) = self.pending {
+            pending.abandon();
+        }
+    }
 }
 
 /// What a container's exit and its Delete need to know, learned ahead of
@@ -215,6 +263,9 @@ impl HybridContainer {
     }
 
     fn create_from(config: &ContainerConfig, view: SpecView, workload: Workload, image_port: Option<u16>) -> Result<Self, ContainerError> {
+        if let Some(spec) = &view.spec {
+            crate::mount_sources::check_bind_sources(&config.bundle, spec)?;
+        }
         // The init process joins its cgroups some milliseconds from now:
         // start the kernel's wait for that now, and keep it from coming
         // back until the container exists (see cgroup_join.rs). Not for a
@@ -245,7 +296,6 @@ impl HybridContainer {
         let mut container = Self::make(config, workload, image_port, compiled, view, manager_ahead)?;
         // Held from here: the process runs only once started.
         container.held_fifos = config.stdio.hold_output_fifos();
-        container.mount_namespace = container.pid().and_then(HeldMountNamespace::of);
         Ok(container)
     }
 
@@ -310,6 +360,21 @@ impl HybridContainer {
             Some(ahead) => Some(crate::cgroup_join::OwnJoin::prepare(ahead).map_err(cgroup_err)?),
             None => None,
         };
+        // An init the creator makes itself (a wasm one in cgroups it joined,
+        // with stdio) may be answered before it is ready (ready_later.rs).
+        let ready_pipe = match (&prepared, is_wasm, process.stdio.is_some()) {
+            (Some(_), true, true) => match ReadyPipe::new() {
+                Ok((pipe, write)) => {
+                    fds.push(write);
+                    Some((pipe, fds.len() - 1))
+                }
+                Err(e) => {
+                    tracing::debug!(id = %id, "no ready pipe, Create waits for the init: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
         let job = CloneJob::Create {
             id: id.clone(),
             bundle: config.bundle.clone(),
@@ -318,31 +383,33 @@ impl HybridContainer {
             http_port,
             guest_report_fd,
             own_join: prepared.as_ref().map(|(join, _)| join.clone()),
+            ready_fd: ready_pipe.as_ref().map(|(_, index)| *index),
         };
-        if let Err(message) = job.run_cleanly(fds) {
-            if let Some((_, pending)) = prepared {
-                pending.abandon();
+        let made = match job.run_cleanly(fds) {
+            Ok(made) => made,
+            Err(message) => {
+                if let Some((_, pending)) = prepared {
+                    pending.abandon();
+                }
+                return Err(ContainerError::Job { id: id.clone(), action: "create", message });
             }
-            return Err(ContainerError::Job { id: id.clone(), action: "create", message });
-        }
+        };
         let mut container = Self::load(&config.state_root, &id)?;
-        // The container's limits hold before Create answers, and so before
-        // its guest can run; its manager was made while the creator worked.
-        let prepared = match prepared.map(|(_, pending)| pending.finish()).transpose() {
-            Ok(manager) => manager,
-            Err(e) => {
-                let _ = container.inner.delete(true);
-                return Err(cgroup_err(e));
-            }
-        };
-        if let (Some(manager), Some(path)) = (prepared, &own_join_path) {
-            // The manager that applied the resources is the one Stats,
-            // the exit and Delete use: nothing is left to learn.
-            let poststop = spec.as_ref().and_then(|s| s.hooks().as_ref()).and_then(|h| h.poststop().as_ref()).is_some_and(|h| !h.is_empty());
-            let oom_file = crate::cgroup_join::oom_control_file(path).or_else(|| oom_kill_file(path));
-            let teardown = Teardown { oom_file, plain: !poststop };
-            let init_pid = container.pid();
-            container.keep_learned(LearnedCgroups { init_pid, manager: manager.any(), teardown });
+        // The container's limits hold before its guest can run: applied
+        // once the init is ready (its /dev made), with the manager made
+        // while the creator worked; before Create answers, or, when the
+        // answer came first, before Start goes on.
+        let poststop = spec.as_ref().and_then(|s| s.hooks().as_ref()).and_then(|h| h.poststop().as_ref()).is_some_and(|h| !h.is_empty());
+        let limits = OwnLimits { pending: prepared.map(|(_, pending)| pending), path: own_join_path, poststop, init_pid: container.pid() };
+        match (made.ready_later, ready_pipe) {
+            (true, Some((pipe, _))) => container.setup = Some(Readiness::start(pipe, limits)),
+            _ => match limits.ready() {
+                Ok(done) => container.finished_setup(done),
+                Err(message) => {
+                    let _ = container.inner.delete(true);
+                    return Err(ContainerError::Cgroup { id: id.clone(), message });
+                }
+            },
         }
         let console = match console_socket {
             Some(socket) => match socket.receive_master().and_then(|m| Console::start(m, &config.stdio, &id)) {
@@ -386,7 +453,28 @@ impl HybridContainer {
             cgroups: OnceCell::new(),
             teardown: None,
             mount_namespace: None,
+            setup: None,
         })
+    }
+
+    fn finished_setup(&mut self, done: SetupDone) {
+        if let Some(learned) = done.learned {
+            self.keep_learned(learned);
+        }
+        self.mount_namespace = done.mount_namespace;
+    }
+
+    /// Wait for the rest of its Create, if Create answered before its init
+    /// was ready: an error says why the container cannot start.
+    fn finish_setup(&mut self) -> Result<(), ContainerError> {
+        let Some(setup) = self.setup.take() else { return Ok(()) };
+        match setup.wait() {
+            Ok(done) => {
+                self.finished_setup(done);
+                Ok(())
+            }
+            Err(message) => Err(ContainerError::Job { id: self.id.clone(), action: "create", message }),
+        }
     }
 
     /// What the wasm guest reported as it ended (see guest_report.rs): read
@@ -441,6 +529,7 @@ impl HybridContainer {
 
     /// Freeze every process of the container (cgroup freezer).
     pub fn pause(&mut self) -> Result<(), ContainerError> {
+        self.finish_setup()?;
         self.inner.pause().map_err(|source| ContainerError::Libcontainer {
             id: self.id.clone(),
             action: "pause",
@@ -450,6 +539,7 @@ impl HybridContainer {
 
     /// Thaw a paused container.
     pub fn resume(&mut self) -> Result<(), ContainerError> {
+        self.finish_setup()?;
         self.inner.resume().map_err(|source| ContainerError::Libcontainer {
             id: self.id.clone(),
             action: "resume",
@@ -473,6 +563,7 @@ impl HybridContainer {
     }
 
     pub fn start(&mut self) -> Result<(), ContainerError> {
+        self.finish_setup()?;
         self.inner.start().map_err(|source| ContainerError::Libcontainer {
             id: self.id.clone(),
             action: "start",
@@ -516,6 +607,11 @@ impl HybridContainer {
 
     /// Remove the container: kills what is left, removes its cgroup and state.
     pub fn delete(&mut self) -> Result<(), ContainerError> {
+        // The creator is done with the container before it goes (its init
+        // failed, or was killed before Start, if this fails).
+        if let Err(e) = self.finish_setup() {
+            tracing::debug!(id = %self.id, "deleted before it was ready: {e}");
+        }
         if self.delete_stopped()? {
             return Ok(());
         }

@@ -35,6 +35,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::executor::HybridExecutor;
 use crate::network_ahead::ReadyNetworkNamespace;
+use crate::ready_later::EarlyAnswer;
 
 /// The container's standard streams, as descriptors of the creator.
 pub(crate) struct InitStdio {
@@ -82,6 +83,11 @@ pub(crate) fn applies_to(spec: &Spec) -> bool {
 /// for Start. This process must be single-threaded and
 /// already in the container's cgroups; its pid namespace changes (its
 /// children are born in the container's), so it should end soon after.
+/// With `answer_early` (the ready pipe's write end and how to answer), the
+/// init's pid is answered as soon as its state is saved, before it is
+/// ready (ready_later.rs); a failure after that leaves the state and the
+/// killed init to the shim, which has the container.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn create(
     id: &str,
     bundle: &Path,
@@ -90,6 +96,7 @@ pub(crate) fn create(
     executor: HybridExecutor,
     stdio: InitStdio,
     ready_network: Option<ReadyNetworkNamespace>,
+    mut answer_early: Option<(RawFd, &mut EarlyAnswer)>,
 ) -> Result<Container, String> {
     libcontainer::validator::Validator::validate_spec(&spec).map_err(|e| format!("invalid spec: {e}"))?;
     spec.canonicalize_rootfs(bundle).map_err(|e| format!("bundle {bundle:?}: {e}"))?;
@@ -98,13 +105,15 @@ pub(crate) fn create(
         return Err(format!("container {id} already exists in {state_root:?}"));
     }
     std::fs::create_dir_all(&container_dir).map_err(|e| format!("cannot create {container_dir:?}: {e}"))?;
-    let made = make_init(id, bundle, &container_dir, spec, executor, stdio, ready_network);
-    if made.is_err() {
+    let made = make_init(id, bundle, &container_dir, spec, executor, stdio, ready_network, answer_early.as_mut().map(|(fd, early)| (*fd, &mut **early)));
+    let answered = answer_early.is_some_and(|(_, early)| early.sent());
+    if made.is_err() && !answered {
         let _ = std::fs::remove_dir_all(&container_dir);
     }
     made
 }
 
+#[allow(clippy::too_many_arguments)]
 fn make_init(
     id: &str,
     bundle: &Path,
@@ -113,6 +122,7 @@ fn make_init(
     executor: HybridExecutor,
     stdio: InitStdio,
     ready_network: Option<ReadyNetworkNamespace>,
+    mut answer_early: Option<(RawFd, &mut EarlyAnswer)>,
 ) -> Result<Container, String> {
     fn failed(what: &'static str) -> impl Fn(String) -> String {
         move |e| format!("{what}: {e}")
@@ -192,13 +202,23 @@ fn make_init(
             // SAFETY: PR_SET_NAME reads the NUL-terminated name (at most
             // 16 bytes) and touches nothing else.
             unsafe { libc::prctl(libc::PR_SET_NAME, c"youki:[2:INIT]".as_ptr(), 0, 0, 0) };
+            // The ready pipe ends when the creator does, not the container.
+            if let Some((ready_fd, _)) = &answer_early {
+                // SAFETY: the job's descriptor, which nothing in this
+                // process uses.
+                unsafe { libc::close(*ready_fd) };
+            }
             let _ = main_receiver.close();
             let _ = init_sender.close();
             let code = match libcontainer::process::init::container_init_process(&args, &mut main_sender, &mut init_receiver) {
                 Ok(()) => 0,
                 Err(e) => {
-                    tracing::error!("failed to initialize container process: {e}");
-                    let _ = main_sender.exec_failed(e.to_string());
+                    // The whole chain: libcontainer's own message only says
+                    // which step failed ("failed to prepare rootfs"), its
+                    // sources say on what.
+                    let message = with_sources(&e);
+                    tracing::error!("failed to initialize container process: {message}");
+                    let _ = main_sender.exec_failed(message);
                     255
                 }
             };
@@ -209,21 +229,57 @@ fn make_init(
     let _ = main_sender.close();
     let _ = init_receiver.close();
     let _ = init_sender.close();
+    // Saved as libcontainer's builder saves it once the init is ready;
+    // before, when the answer goes now: Start waits for the readiness.
+    let save = |container: &mut Container| {
+        container
+            .set_status(ContainerStatus::Created)
+            .set_creator(nix::unistd::geteuid().as_raw())
+            .set_pid(pid.as_raw())
+            .save()
+            .map_err(|e| e.to_string())
+            .map_err(failed("container state"))
+    };
+    let kill = || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    if let Some((_, early)) = answer_early.as_mut().filter(|(_, early)| early.possible()) {
+        if let Err(e) = save(&mut container) {
+            let _ = kill();
+            let _ = nix::sys::wait::waitpid(pid, None);
+            return Err(e);
+        }
+        early.send(pid.as_raw());
+    }
+    let answered = answer_early.as_ref().is_some_and(|(_, early)| early.sent());
     let ready = main_receiver.wait_for_init_ready().map_err(|e| format!("the container's init failed: {e}"));
     let _ = main_receiver.close();
     if let Err(e) = ready {
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(pid, None);
+        let _ = kill();
+        // Once answered, the init is the shim's to reap (it adopts it when
+        // this process exits), as a container that ended before Start.
+        if !answered {
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
         return Err(e);
     }
-    container
-        .set_status(ContainerStatus::Created)
-        .set_creator(nix::unistd::geteuid().as_raw())
-        .set_pid(pid.as_raw())
-        .save()
-        .map_err(|e| e.to_string())
-        .map_err(failed("container state"))?;
+    if !answered {
+        save(&mut container)?;
+    }
     Ok(container)
+}
+
+/// `error` and each of its sources, joined by ": ".
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
 }
 
 /// The bundle's spec, as libcontainer loads it.

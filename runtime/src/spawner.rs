@@ -31,6 +31,7 @@ use nix::unistd::{fork, ForkResult};
 
 use crate::clone_job::CloneJob;
 use crate::network_ahead::ReadyNetworkNamespace;
+use crate::ready_later::{EarlyAnswer, Made};
 
 /// A job is a container's ids, paths and workload: well under this.
 const MAX_MESSAGE: usize = 256 * 1024;
@@ -43,8 +44,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// The shim's end of the socket to its spawner.
 static SPAWNER: OnceLock<Mutex<OwnedFd>> = OnceLock::new();
 
-/// What a creator answers: the pid of the process its job made, or why not.
-type Answer = Result<i32, String>;
+/// What a creator answers: the process its job made, or why not.
+type Answer = Result<Made, String>;
 
 /// Fork the spawner. Call first thing in `main`, while the process is
 /// single-threaded, and only in the process that will serve containers;
@@ -158,15 +159,23 @@ fn serve(socket: OwnedFd, first_bundle: Option<PathBuf>) -> ! {
         // SAFETY: the spawner is single-threaded.
         match unsafe { crate::same_cpu::fork_on_this_cpu() } {
             Ok(ForkResult::Child) => {
+                let send = |answer: &Answer| {
+                    let bytes = serde_json::to_vec(answer).unwrap_or_default();
+                    sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&bytes)], &[], MsgFlags::empty(), None).is_ok()
+                };
+                // A Create may answer before its init is ready (ready_later.rs).
+                let mut sent_early = None;
+                let mut send_early = |made: Made| sent_early = Some(send(&Ok(made)));
+                let mut early = EarlyAnswer::new(&mut send_early);
                 let answer: Answer = match serde_json::from_slice::<CloneJob>(&job) {
-                    Ok(job) => job.run(fds, ready_network.take()),
+                    Ok(job) => job.run(fds, ready_network.take(), &mut early),
                     Err(e) => Err(format!("bad job: {e}")),
                 };
-                let bytes = serde_json::to_vec(&answer).unwrap_or_default();
-                let sent = sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&bytes)], &[], MsgFlags::empty(), None);
+                drop(early);
+                let sent = sent_early.unwrap_or_else(|| send(&answer));
                 // The container lives on; nothing of this process is needed
                 // (no destructor may delete what was just made).
-                exit_now(if sent.is_ok() { 0 } else { 1 })
+                exit_now(if sent { 0 } else { 1 })
             }
             Ok(ForkResult::Parent { child }) => {
                 // The job's descriptors are the creator's now, and so is

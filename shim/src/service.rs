@@ -211,7 +211,12 @@ impl TaskService {
             if entry.init.started {
                 return Err(status_error(Code::FAILED_PRECONDITION, format!("container {} is already started", req.id)));
             }
-            entry.container.start().map_err(internal)?;
+            // A setup that failed after Create answered is told here
+            // (hybrid_runtime's ready_later.rs).
+            entry.container.start().map_err(|e| {
+                tracing::warn!("start failed: {e}");
+                internal(e)
+            })?;
             entry.init.started = true;
             // A wasm guest reports its end before its process is gone.
             if let Some(pipe) = entry.container.guest_report_fd().and_then(|fd| fd.try_clone_to_owned().ok()) {

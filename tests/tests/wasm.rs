@@ -153,9 +153,10 @@ fn a_wasm_container_is_in_its_cgroups_with_the_specs_limits() {
 }
 
 #[test]
-fn limits_the_kernel_refuses_fail_create_naming_them_and_leave_no_cgroup() {
+fn limits_the_kernel_refuses_fail_before_the_guest_runs_naming_them_and_leave_no_cgroup() {
     // A CFS quota under 1 ms is refused by the kernel: the shim applies it
-    // while the container is made, so Create fails and cleans up.
+    // once the container's init is ready, before Start lets the guest run,
+    // so the run fails (at Create or Start: see ready_later.rs) and cleans up.
     let env = env();
     let id = unique_id("badlimit");
     let limits = ["--cpu-quota", "100", "--cpu-period", "100000"];
@@ -388,6 +389,50 @@ fn a_create_refused_after_its_cgroups_were_made_leaves_none() {
     let ran = env.ctr_out(&["run", "--rm", "--runtime", HYBRID_RUNTIME, "--annotation", bad, &image, &id, "/hello.wasm"]);
     assert_ne!(ran.code, 0, "{ran:?}");
     assert!(ran.stderr.contains("io.containerd.hybrid.v2.preopens"), "the error names the annotation: {ran:?}");
+    assert!(
+        wait_until(Duration::from_secs(5), || cgroups_named(&id).is_empty()),
+        "cgroups left: {:?}",
+        cgroups_named(&id)
+    );
+    assert_eq!(env.task_status(&id), None, "no task is left");
+    let _ = env.ctr_out(&["container", "rm", &id]);
+}
+
+#[test]
+fn a_setup_that_fails_after_create_answered_fails_the_run_and_leaves_nothing() {
+    // Create answers once the init is forked; its setup (here a tmpfs the
+    // kernel refuses) fails after that, and Start says why.
+    let env = env();
+    let id = unique_id("badtmpfs");
+    let mount = "type=tmpfs,src=tmpfs,dst=/data,options=size=nonsense";
+    let ran = env.ctr_out(&["run", "--rm", "--runtime", HYBRID_RUNTIME, "--mount", mount, &image("hello-rust"), &id, "/hello.wasm"]);
+    assert_ne!(ran.code, 0, "{ran:?}");
+    assert!(ran.stderr.contains("rootfs") && ran.stderr.contains("Invalid argument"), "the error names the step and the cause: {ran:?}");
+    assert!(!ran.stdout.contains("hello from wasm"), "the guest never ran: {ran:?}");
+    assert!(
+        wait_until(Duration::from_secs(5), || cgroups_named(&id).is_empty()),
+        "cgroups left: {:?}",
+        cgroups_named(&id)
+    );
+    assert!(!std::path::Path::new("/run/hybrid/default").join(&id).exists(), "container state left");
+    assert_eq!(env.task_status(&id), None, "no task is left");
+    let _ = env.ctr_out(&["container", "rm", &id]);
+    // The same image still runs: nothing of the failed one is in the way.
+    let again = unique_id("aftertmpfs");
+    let ok = env.ctr_out(&["run", "--rm", "--runtime", HYBRID_RUNTIME, &image("hello-rust"), &again, "/hello.wasm"]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.stdout.contains("hello from wasm"), "{ok:?}");
+}
+
+#[test]
+fn a_missing_bind_source_fails_create_naming_it() {
+    let env = env();
+    let id = unique_id("badbind");
+    let missing = format!("/tmp/{id}-missing");
+    let mount = format!("type=bind,src={missing},dst=/data,options=rbind:rw");
+    let ran = env.ctr_out(&["run", "--rm", "--runtime", HYBRID_RUNTIME, "--mount", &mount, &image("hello-rust"), &id, "/hello.wasm"]);
+    assert_ne!(ran.code, 0, "{ran:?}");
+    assert!(ran.stderr.contains(&missing) && ran.stderr.contains("/data"), "the error names the source and the mount: {ran:?}");
     assert!(
         wait_until(Duration::from_secs(5), || cgroups_named(&id).is_empty()),
         "cgroups left: {:?}",

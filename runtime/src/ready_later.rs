@@ -1,0 +1,202 @@
+//! Create answered before the container's init is ready.
+//!
+//! A wasm container's init (direct_init.rs) sets the container up (its
+//! mounts, pivot_root, libcontainer's procfs-checked lookups: about 3 ms
+//! here) before it waits for Start, and containerd takes about 2 ms between
+//! Create's answer and Start. runc's create, and so every runtime before
+//! this one, made the two wait for each other. Here the creator answers the
+//! init's pid as soon as the init is forked and its state saved
+//! ([`EarlyAnswer`]), and tells of the init's readiness later on a pipe
+//! the shim made ([`ReadyPipe`]): the setup runs while containerd carries
+//! the answer back and asks for Start. A thread of the shim's waits on the
+//! pipe and applies the container's limits once the init is ready
+//! ([`Readiness`]); Start waits for that thread, so the guest never runs
+//! before its limits hold and its /proc is covered.
+//!
+//! What changes for the operator: a setup that fails after the answer (a
+//! mount that cannot be made) fails Start instead of Create, with the same
+//! message; the init then exits and is reaped as a container that ended
+//! before it started, as one killed before Start is.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The longest the shim waits for an init's readiness: the spawner's own
+/// bound on a creator's answer (a setup that takes longer is stuck).
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// A report is written at once, so it must fit in one pipe write
+/// (PIPE_BUF); longer messages are cut.
+const MAX_REPORT: usize = 3000;
+
+/// What a creator answers for a job: the pid of the process it made, and
+/// whether the container's readiness comes later on its [`ReadyPipe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Made {
+    pub pid: i32,
+    pub ready_later: bool,
+}
+
+impl Made {
+    /// A process made whole before the answer.
+    pub(crate) fn ready(pid: i32) -> Self {
+        Self { pid, ready_later: false }
+    }
+}
+
+/// How a creator answers before its job is done; none where the answer can
+/// only come at the end (a forked copy of the shim, see
+/// CloneJob::run_cleanly).
+pub(crate) struct EarlyAnswer<'a> {
+    send: Option<&'a mut dyn FnMut(Made)>,
+    sent: bool,
+}
+
+impl<'a> EarlyAnswer<'a> {
+    pub(crate) fn new(send: &'a mut dyn FnMut(Made)) -> Self {
+        Self { send: Some(send), sent: false }
+    }
+
+    pub(crate) fn none() -> Self {
+        Self { send: None, sent: false }
+    }
+
+    /// Whether an answer can go before the job is done.
+    pub(crate) fn possible(&self) -> bool {
+        self.send.is_some() && !self.sent
+    }
+
+    /// Answer `pid`, made, its readiness to come on the ready pipe.
+    pub(crate) fn send(&mut self, pid: i32) {
+        if let Some(send) = self.send.as_mut().filter(|_| !self.sent) {
+            send(Made { pid, ready_later: true });
+            self.sent = true;
+        }
+    }
+
+    /// Whether the answer went: what is left is told on the ready pipe.
+    pub(crate) fn sent(&self) -> bool {
+        self.sent
+    }
+}
+
+/// The shim's end of the pipe a creator tells the init's readiness on.
+#[derive(Debug)]
+pub(crate) struct ReadyPipe(OwnedFd);
+
+impl ReadyPipe {
+    /// The pipe, and its write end for the creator (sent with the job).
+    pub(crate) fn new() -> std::io::Result<(Self, OwnedFd)> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        Ok((Self(read), write))
+    }
+
+    /// Wait for the creator's report: Ok once the init is ready, or why it
+    /// is not (the creator gone without a word counts as a failure).
+    pub(crate) fn wait(&self) -> Result<(), String> {
+        let timeout = nix::poll::PollTimeout::try_from(READY_TIMEOUT.as_millis() as i32).unwrap_or(nix::poll::PollTimeout::MAX);
+        let mut fds = [nix::poll::PollFd::new(self.0.as_fd(), nix::poll::PollFlags::POLLIN)];
+        loop {
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(0) => return Err(format!("the container's init was not ready within {READY_TIMEOUT:?}")),
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(format!("cannot wait for the container's init: {e}")),
+            }
+        }
+        let mut buf = [0u8; 4096];
+        let n = loop {
+            match nix::unistd::read(self.0.as_raw_fd(), &mut buf) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => break other.map_err(|e| format!("cannot read the container's readiness: {e}"))?,
+            }
+        };
+        if n == 0 {
+            return Err("the container's creator ended before its init was ready".to_string());
+        }
+        serde_json::from_slice::<Result<(), String>>(&buf[..n]).map_err(|e| format!("bad readiness report: {e}"))?
+    }
+}
+
+/// In the creator: tell the shim on the ready pipe's write end `fd` how the
+/// init's setup ended. One write, so that the report arrives whole.
+pub(crate) fn report(fd: RawFd, status: Result<(), String>) {
+    let status = status.map_err(|mut message| {
+        if message.len() > MAX_REPORT {
+            let mut end = MAX_REPORT;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        message
+    });
+    let bytes = serde_json::to_vec(&status).unwrap_or_default();
+    // SAFETY: `fd` is the job's descriptor, open for the creator's life;
+    // the borrow ends with this call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let _ = nix::unistd::write(fd, &bytes);
+}
+
+/// What is left of a Create once its init is ready (the container's
+/// limits), or to undo when it is not.
+pub(crate) trait AfterReady: Send + 'static {
+    type Output: Send + 'static;
+    fn ready(self) -> Result<Self::Output, String>;
+    fn failed(self);
+}
+
+/// The rest of a Create, done on a thread of the shim's once the init is
+/// ready: what it made, or why the container cannot start.
+pub(crate) enum Readiness<T> {
+    Waiting(JoinHandle<Result<T, String>>),
+    Done(Result<T, String>),
+}
+
+impl<T: Send + 'static> Readiness<T> {
+    /// Wait on `pipe` and do `work` on a new thread; on this one when no
+    /// thread can be started.
+    pub(crate) fn start<W: AfterReady<Output = T>>(pipe: ReadyPipe, work: W) -> Self {
+        // Handed over through a slot, so that they come back if the thread
+        // does not start.
+        let slot = Arc::new(Mutex::new(Some((pipe, work))));
+        let theirs = slot.clone();
+        let spawned = std::thread::Builder::new().name("create-ready".to_string()).spawn(move || {
+            match theirs.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some((pipe, work)) => finish(&pipe, work),
+                None => Err("the create's work was taken back".to_string()),
+            }
+        });
+        match spawned {
+            Ok(thread) => Self::Waiting(thread),
+            Err(e) => {
+                tracing::warn!("cannot start a thread to wait for the container's init ({e}): waiting here");
+                match slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    Some((pipe, work)) => Self::Done(finish(&pipe, work)),
+                    None => Self::Done(Err("the create's work was lost".to_string())),
+                }
+            }
+        }
+    }
+
+    /// What the work made, once it is done.
+    pub(crate) fn wait(self) -> Result<T, String> {
+        match self {
+            Self::Waiting(thread) => thread.join().unwrap_or_else(|_| Err("the thread finishing the create panicked".to_string())),
+            Self::Done(done) => done,
+        }
+    }
+}
+
+fn finish<W: AfterReady>(pipe: &ReadyPipe, work: W) -> Result<W::Output, String> {
+    match pipe.wait() {
+        Ok(()) => work.ready(),
+        Err(e) => {
+            work.failed();
+            Err(e)
+        }
+    }
+}
