@@ -176,6 +176,11 @@ pub(crate) fn open_output(name: &'static str, path: &str) -> Result<File, StdioE
     }
     let path = Path::new(path);
     let started = Instant::now();
+    // The client opens its end from a thread of its own (containerd's fifo
+    // package, ctr's copy loops), usually within a millisecond of Create:
+    // look again soon, then less often. A flat 5 ms here cost a whole 5 ms
+    // whenever the first look came a hair early.
+    let mut pause = Duration::from_micros(100);
     loop {
         match OpenOptions::new()
             .write(true)
@@ -190,7 +195,8 @@ pub(crate) fn open_output(name: &'static str, path: &str) -> Result<File, StdioE
                 if started.elapsed() > FIFO_OPEN_TIMEOUT {
                     return Err(StdioError::NoReader { name, path: path.to_path_buf(), timeout: FIFO_OPEN_TIMEOUT });
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(5));
             }
             Err(source) => return Err(StdioError::Open { name, path: path.to_path_buf(), source }),
         }
@@ -236,6 +242,25 @@ mod tests {
         drop(held);
         let err = stdio.stdout.write_all(b"nobody holds it\n").expect_err("EPIPE once nothing reads");
         assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+    }
+
+    #[test]
+    fn an_output_fifo_whose_reader_comes_late_is_opened_and_carries_the_output() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("late");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        let reader_path = path.clone();
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let mut reader = File::open(&reader_path).expect("reader");
+            let mut got = String::new();
+            reader.read_to_string(&mut got).expect("read");
+            got
+        });
+        let mut out = open_output("stdout", &path.display().to_string()).expect("opened once the reader came");
+        out.write_all(b"late but whole\n").expect("write");
+        drop(out);
+        assert_eq!(reader.join().expect("reader thread"), "late but whole\n");
     }
 
     #[test]
