@@ -381,8 +381,8 @@ impl TaskService {
     pub fn update(&self, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
         let span = tracing::info_span!("update", id = %req.id);
         let _enter = span.enter();
-        let st = self.lock();
-        let entry = st.containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let mut st = self.lock();
+        let entry = st.containers.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
         let Some(resources) = req.resources.as_ref() else {
             return Ok(api::Empty::default());
         };
