@@ -113,6 +113,7 @@ impl CloneJob {
                     (Some(spec), Some([stdin, stdout, stderr])) => {
                         let stdio = crate::direct_init::InitStdio { stdin: fd(stdin)?, stdout: fd(stdout)?, stderr: fd(stderr)? };
                         let answer_early = ready_fd.map(|fd| (fd, &mut *early));
+                        let executor = executor.answered_before_ready(answer_early.as_ref().is_some_and(|(_, early)| early.possible()));
                         let made = crate::direct_init::create(&id, &bundle, &state_root, spec, executor, stdio, ready_network, answer_early);
                         match made {
                             Ok(container) => container,

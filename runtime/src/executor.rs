@@ -38,6 +38,9 @@ pub struct HybridExecutor {
     /// The process waits for Start once validated (a container's init, not
     /// an exec): it prepares the guest meanwhile (start_ahead.rs).
     waits_for_start: bool,
+    /// Its creator answered the shim before it was ready (ready_later.rs):
+    /// the preparation need not wait for the creator to be done.
+    answered_before_ready: bool,
 }
 
 impl HybridExecutor {
@@ -49,12 +52,19 @@ impl HybridExecutor {
             memory_limit: None,
             http_port: crate::http::DEFAULT_HTTP_PORT,
             waits_for_start: false,
+            answered_before_ready: false,
         }
     }
 
     /// For a container's init, which waits for Start after validation.
     pub fn waiting_for_start(mut self) -> Self {
         self.waits_for_start = true;
+        self
+    }
+
+    /// For an init whose creator answers the shim before it is ready.
+    pub(crate) fn answered_before_ready(mut self, answered: bool) -> Self {
+        self.answered_before_ready = answered;
         self
     }
 
@@ -102,7 +112,8 @@ impl Executor for HybridExecutor {
             // program meanwhile (see start_ahead.rs). An exec runs at once,
             // and its creator waits for it to let go of what it inherited.
             if self.waits_for_start {
-                crate::start_ahead::begin(&self.workload, self.precompiled.as_ref(), &self.kept_fds());
+                let creator_done = !self.answered_before_ready;
+                crate::start_ahead::begin(&self.workload, self.precompiled.as_ref(), &self.kept_fds(), creator_done);
             }
             Ok(())
         } else {

@@ -211,18 +211,26 @@ impl TaskService {
             if entry.init.started {
                 return Err(status_error(Code::FAILED_PRECONDITION, format!("container {} is already started", req.id)));
             }
+            // A wasm guest reports its end before its process is gone:
+            // watched from before it runs, since a short guest can end
+            // before Start has answered (the watch records nothing until
+            // this lock is let go of, and nothing for a task not started).
+            let watch = entry
+                .container
+                .guest_report_fd()
+                .and_then(|fd| fd.try_clone_to_owned().ok())
+                .map(|pipe| watch_guest_report(&self.runtime, self.state.clone(), self.events.clone(), req.id.clone(), pipe));
             // A setup that failed after Create answered is told here
             // (hybrid_runtime's ready_later.rs).
-            entry.container.start().map_err(|e| {
+            if let Err(e) = entry.container.start() {
                 tracing::warn!("start failed: {e}");
-                internal(e)
-            })?;
-            entry.init.started = true;
-            // A wasm guest reports its end before its process is gone.
-            if let Some(pipe) = entry.container.guest_report_fd().and_then(|fd| fd.try_clone_to_owned().ok()) {
-                let watch = watch_guest_report(&self.runtime, self.state.clone(), self.events.clone(), req.id.clone(), pipe);
-                entry.init.report_watch = Some(watch);
+                if let Some(watch) = watch {
+                    watch.abort();
+                }
+                return Err(internal(e));
             }
+            entry.init.started = true;
+            entry.init.report_watch = watch;
             let pid = entry.init.pid;
             self.events.send(TASK_START_EVENT_TOPIC, TaskStart { container_id: req.id.clone(), pid, ..Default::default() });
             if let Some(warmup) = entry.container.cgroup_warmup() {
