@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cold start, side by side in one run: `ctr run --rm` of the wasm hello
 # through hybrid (A) against busybox `echo` through runc (B), alternating
-# A B A B so that drift on the machine hits both alike. Prints the medians
+# (A B, B A, ...) so that drift on the machine, and what each run leaves
+# behind for the next, hit both alike. Prints the medians
 # and the ratio A/B. With RUNWASI_SHIM=/path/to/containerd-shim-wasmtime-v1,
 # the same hello also runs through runwasi's shim (C).
 #
@@ -46,20 +47,28 @@ timed() {
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-# Round after round, A B (C) alternating: one timed `ctr run --rm` per
-# runtime. $1 names the series ("" or "pod"); $2, $3 and $4 are the extra
-# flags of hybrid, runc and runwasi (their group annotation).
+# Round after round, one timed `ctr run --rm` per runtime, the order
+# turning each round (A B C, B C A, C A B; A B, B A without runwasi): what
+# a run leaves to the machine as it ends (its shim's exit, containerd's
+# collection of the deleted container's snapshot) falls on the run after
+# it, and with a fixed order that was always the same runtime's. $1 names
+# the series ("" or "pod"); $2, $3 and $4 are the extra flags of hybrid,
+# runc and runwasi (their group annotation).
 declare -A ms
 series() { # name hybrid-flags runc-flags runwasi-flags
-  local name=$1 i; local -a fa fb fc
+  local name=$1 i k; local -a fa fb fc runtimes
   read -r -a fa <<<"$2"; read -r -a fb <<<"$3"; read -r -a fc <<<"$4"
   local -a ta=() tb=() tc=()
+  runtimes=(a b)
+  [ -z "${RUNWASI_SHIM:-}" ] || runtimes+=(c)
   for i in $(seq 1 "$rounds"); do
-    ta+=("$(timed ctr_ run --rm "${fa[@]}" --runtime io.containerd.hybrid.v2 "$hello" "${name}a-$i" /hello.wasm)")
-    tb+=("$(timed ctr_ run --rm "${fb[@]}" --runtime io.containerd.runc.v2 "$busybox" "${name}b-$i" echo hi)")
-    if [ -n "${RUNWASI_SHIM:-}" ]; then
-      tc+=("$(timed ctr_ run --rm "${fc[@]}" --runtime io.containerd.wasmtime.v1 "$hello" "${name}c-$i" /hello.wasm)")
-    fi
+    for k in $(seq 0 $((${#runtimes[@]} - 1))); do
+      case ${runtimes[$(((i + k) % ${#runtimes[@]}))]} in
+        a) ta+=("$(timed ctr_ run --rm "${fa[@]}" --runtime io.containerd.hybrid.v2 "$hello" "${name}a-$i" /hello.wasm)") ;;
+        b) tb+=("$(timed ctr_ run --rm "${fb[@]}" --runtime io.containerd.runc.v2 "$busybox" "${name}b-$i" echo hi)") ;;
+        c) tc+=("$(timed ctr_ run --rm "${fc[@]}" --runtime io.containerd.wasmtime.v1 "$hello" "${name}c-$i" /hello.wasm)") ;;
+      esac
+    done
   done
   ms[$name.a]=$(printf '%s\n' "${ta[@]}" | median)
   ms[$name.b]=$(printf '%s\n' "${tb[@]}" | median)
@@ -81,7 +90,7 @@ report() { # name
 ctr_ run --rm --runtime io.containerd.hybrid.v2 "$hello" warm-a /hello.wasm >/dev/null
 ctr_ run --rm --runtime io.containerd.runc.v2 "$busybox" warm-b echo hi >/dev/null
 series "" "" "" ""
-echo "rounds: $rounds (alternating)"
+echo "rounds: $rounds (alternating, the order turning each round)"
 report ""
 
 # Where the time goes: more rounds of each, alternating, traced with perf's
@@ -100,8 +109,13 @@ if [ "$phase_rounds" -gt 0 ] && command -v perf >/dev/null; then
   }
   : >"$state/phases.a"; : >"$state/phases.b"
   for i in $(seq 1 "$phase_rounds"); do
-    traced "$state/phases.a" --runtime io.containerd.hybrid.v2 "$hello" "pa-$i" /hello.wasm
-    traced "$state/phases.b" --runtime io.containerd.runc.v2 "$busybox" "pb-$i" echo hi
+    # A B, then B A (see series).
+    for run in $([ $((i % 2)) = 1 ] && echo "a b" || echo "b a"); do
+      case $run in
+        a) traced "$state/phases.a" --runtime io.containerd.hybrid.v2 "$hello" "pa-$i" /hello.wasm ;;
+        b) traced "$state/phases.b" --runtime io.containerd.runc.v2 "$busybox" "pb-$i" echo hi ;;
+      esac
+    done
   done
   column_median() { awk -v c="$1" '{print $c}' "$2" | median; }
   echo "where the time goes (medians of $phase_rounds traced rounds, ms): before the shim, the runtime's part, after, total"
