@@ -226,12 +226,16 @@ impl HybridContainer {
         // (see cgroup_join.rs); the shim makes them and applies the spec's
         // resources just before, and libcontainer does not see those.
         let own_join_path = manager_ahead.as_ref().map(|ahead| ahead.path().to_path_buf());
+        // Whether the creator will make the init itself (direct_init.rs),
+        // as it decides from the spec written here.
+        let mut direct_init = false;
         if let Some(spec) = &spec {
             let narrowed = match is_wasm {
                 true => crate::guest_mounts::narrow_bundle(&config.bundle, spec, manager_ahead.is_some())?,
                 false => None,
             };
             crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle, narrowed.as_ref().unwrap_or(spec))?;
+            direct_init = crate::direct_init::applies_to(narrowed.as_ref().unwrap_or(spec));
         }
         // A bad port annotation fails Create, not the guest's start.
         let http_port = match workload.kind {
@@ -263,7 +267,8 @@ impl HybridContainer {
         };
         // An init the creator makes itself (a wasm one in cgroups it joined,
         // with stdio) may be answered before it is ready (ready_later.rs).
-        let ready_pipe = match (&prepared, is_wasm, process.stdio.is_some()) {
+        // Not offered otherwise: libcontainer's clones would keep the pipe.
+        let ready_pipe = match (&prepared, is_wasm && direct_init, process.stdio.is_some()) {
             (Some(_), true, true) => match ReadyPipe::new() {
                 Ok((pipe, write)) => {
                     fds.push(write);
@@ -295,7 +300,20 @@ impl HybridContainer {
                 return Err(ContainerError::Job { id: id.clone(), action: "create", message });
             }
         };
-        let mut container = Self::load(&config.state_root, &id)?;
+        let mut container = match Self::load(&config.state_root, &id) {
+            Ok(container) => container,
+            Err(e) => {
+                // Not a container the shim can manage: its init goes, with
+                // the cgroups made for it.
+                if made.pid > 0 {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(made.pid), nix::sys::signal::Signal::SIGKILL);
+                }
+                if let Some((_, pending)) = prepared {
+                    pending.abandon();
+                }
+                return Err(e);
+            }
+        };
         // The container's limits hold before its guest can run: applied
         // once the init is ready (its /dev made), with the manager made
         // while the creator worked; before Create answers, or, when the

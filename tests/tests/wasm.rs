@@ -152,6 +152,15 @@ fn a_wasm_container_is_in_its_cgroups_with_the_specs_limits() {
     assert_eq!(cgroups_named(&id), Vec::<std::path::PathBuf>::new(), "cgroups left");
 }
 
+/// After a `ctr run --rm` of `id` that failed: none of its cgroups, state or
+/// task is left; its container record is removed.
+fn assert_nothing_left_of(env: &Env, id: &str) {
+    assert!(wait_until(Duration::from_secs(5), || cgroups_named(id).is_empty()), "cgroups left: {:?}", cgroups_named(id));
+    assert!(!std::path::Path::new("/run/hybrid/default").join(id).exists(), "container state left");
+    assert_eq!(env.task_status(id), None, "no task is left");
+    let _ = env.ctr_out(&["container", "rm", id]);
+}
+
 #[test]
 fn limits_the_kernel_refuses_fail_before_the_guest_runs_naming_them_and_leave_no_cgroup() {
     // A CFS quota under 1 ms is refused by the kernel: the shim applies it
@@ -164,10 +173,7 @@ fn limits_the_kernel_refuses_fail_before_the_guest_runs_naming_them_and_leave_no
     assert_ne!(run.code, 0, "{run:?}");
     assert!(run.stderr.contains("cannot apply") || run.stderr.contains("cpu"), "the error names the limit: {run:?}");
     assert!(!run.stdout.contains("hello from wasm"), "the guest never ran: {run:?}");
-    assert_eq!(cgroups_named(&id), Vec::<std::path::PathBuf>::new(), "cgroups left");
-    assert!(!std::path::Path::new("/run/hybrid/default").join(&id).exists(), "container state left");
-    assert_eq!(env.task_status(&id), None, "no task is left");
-    let _ = env.ctr_out(&["container", "rm", &id]);
+    assert_nothing_left_of(env, &id);
 }
 
 #[test]
@@ -389,13 +395,7 @@ fn a_create_refused_after_its_cgroups_were_made_leaves_none() {
     let ran = env.ctr_out(&["run", "--rm", "--runtime", HYBRID_RUNTIME, "--annotation", bad, &image, &id, "/hello.wasm"]);
     assert_ne!(ran.code, 0, "{ran:?}");
     assert!(ran.stderr.contains("io.containerd.hybrid.v2.preopens"), "the error names the annotation: {ran:?}");
-    assert!(
-        wait_until(Duration::from_secs(5), || cgroups_named(&id).is_empty()),
-        "cgroups left: {:?}",
-        cgroups_named(&id)
-    );
-    assert_eq!(env.task_status(&id), None, "no task is left");
-    let _ = env.ctr_out(&["container", "rm", &id]);
+    assert_nothing_left_of(env, &id);
 }
 
 #[test]
@@ -409,14 +409,7 @@ fn a_setup_that_fails_after_create_answered_fails_the_run_and_leaves_nothing() {
     assert_ne!(ran.code, 0, "{ran:?}");
     assert!(ran.stderr.contains("rootfs") && ran.stderr.contains("Invalid argument"), "the error names the step and the cause: {ran:?}");
     assert!(!ran.stdout.contains("hello from wasm"), "the guest never ran: {ran:?}");
-    assert!(
-        wait_until(Duration::from_secs(5), || cgroups_named(&id).is_empty()),
-        "cgroups left: {:?}",
-        cgroups_named(&id)
-    );
-    assert!(!std::path::Path::new("/run/hybrid/default").join(&id).exists(), "container state left");
-    assert_eq!(env.task_status(&id), None, "no task is left");
-    let _ = env.ctr_out(&["container", "rm", &id]);
+    assert_nothing_left_of(env, &id);
     // The same image still runs: nothing of the failed one is in the way.
     let again = unique_id("aftertmpfs");
     let ok = env.ctr_out(&["run", "--rm", "--runtime", HYBRID_RUNTIME, &image("hello-rust"), &again, "/hello.wasm"]);
@@ -433,13 +426,7 @@ fn a_missing_bind_source_fails_create_naming_it() {
     let ran = env.ctr_out(&["run", "--rm", "--runtime", HYBRID_RUNTIME, "--mount", &mount, &image("hello-rust"), &id, "/hello.wasm"]);
     assert_ne!(ran.code, 0, "{ran:?}");
     assert!(ran.stderr.contains(&missing) && ran.stderr.contains("/data"), "the error names the source and the mount: {ran:?}");
-    assert!(
-        wait_until(Duration::from_secs(5), || cgroups_named(&id).is_empty()),
-        "cgroups left: {:?}",
-        cgroups_named(&id)
-    );
-    assert_eq!(env.task_status(&id), None, "no task is left");
-    let _ = env.ctr_out(&["container", "rm", &id]);
+    assert_nothing_left_of(env, &id);
 }
 
 #[test]
