@@ -2,7 +2,8 @@
 //! wasm container, the shim's serving process) that must let go of what
 //! they inherited.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 /// Descriptors a wasm process cloned from this one keeps (see
 /// [`keep_in_clones`]).
@@ -56,6 +57,35 @@ pub fn listed_above_stdio() -> Option<Vec<RawFd>> {
     Some(dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter(|&fd| fd > 2).collect())
 }
 
+/// Whether `fd` turned readable (data, end of file, or for a pidfd its
+/// process's exit) within `timeout`; a wait a signal interrupts goes on.
+pub fn readable_within(fd: impl AsFd, timeout: Duration) -> std::io::Result<bool> {
+    let timeout = nix::poll::PollTimeout::try_from(timeout.as_millis().min(i32::MAX as u128) as i32).unwrap_or(nix::poll::PollTimeout::MAX);
+    let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+    loop {
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(n) => return Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A descriptor of process `pid` that turns readable when it exits
+/// (pidfd_open).
+pub fn pidfd(pid: nix::unistd::Pid) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new
+    // descriptor or -1; no memory is passed.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    match RawFd::try_from(raw) {
+        Ok(fd) if fd >= 0 => {
+            // SAFETY: a descriptor just opened here, owned by nothing else.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        }
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 /// Point stdin, stdout and stderr at /dev/null: a forked process lets go
 /// of its parent's stdio (pipes whose readers wait for every holder to
 /// close them, as containerd does on `start`'s). Only for a
@@ -89,5 +119,24 @@ mod tests {
         for file in [&first, &second] {
             assert!(fds.contains(&file.as_raw_fd()), "{} not in {fds:?}", file.as_raw_fd());
         }
+    }
+
+    #[test]
+    fn readable_within_tells_data_end_of_file_and_nothing_apart() {
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        assert!(!readable_within(&read, Duration::from_millis(10)).expect("poll"), "nothing written yet");
+        nix::unistd::write(&write, b"x").expect("write");
+        assert!(readable_within(&read, Duration::from_millis(10)).expect("poll"), "a byte");
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        drop(write);
+        assert!(readable_within(&read, Duration::from_millis(10)).expect("poll"), "end of file");
+    }
+
+    #[test]
+    fn a_pidfd_turns_readable_when_its_process_exits() {
+        let mut child = std::process::Command::new("sleep").arg("0.05").spawn().expect("sleep");
+        let pidfd = pidfd(nix::unistd::Pid::from_raw(child.id() as i32)).expect("pidfd");
+        assert!(readable_within(&pidfd, Duration::from_secs(10)).expect("poll"), "the exit");
+        child.wait().expect("reap");
     }
 }

@@ -14,7 +14,7 @@
 //! engine it shares with the containers (wasmtime's registries have locks
 //! of their own).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -111,31 +111,15 @@ where
 /// Wait until `child` has exited, reaped by us or by the caller's reaper
 /// (the shim's reaps every child): a pidfd tells either way.
 fn wait_for_exit(child: nix::unistd::Pid) -> Result<(), String> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
-    // or -1. The child cannot have been reaped yet: it has not answered.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) };
-    if raw < 0 {
-        return Err(format!("cannot watch the forked process: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: a new descriptor that nothing else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
-    loop {
-        let mut watched = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one pollfd, valid for the call.
-        let ready = unsafe { libc::poll(&mut watched, 1, COPY_TIMEOUT.as_millis() as i32) };
-        match ready {
-            0 => {
-                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-                return Err(format!("the forked process took over {} s and was killed", COPY_TIMEOUT.as_secs()));
-            }
-            n if n > 0 => break,
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(format!("cannot wait for the forked process: {e}"));
-                }
-            }
+    // The child cannot have been reaped yet: it has not answered.
+    let pidfd = crate::fds::pidfd(child).map_err(|e| format!("cannot watch the forked process: {e}"))?;
+    match crate::fds::readable_within(&pidfd, COPY_TIMEOUT) {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            return Err(format!("the forked process took over {} s and was killed", COPY_TIMEOUT.as_secs()));
         }
+        Err(e) => return Err(format!("cannot wait for the forked process: {e}")),
     }
     // Reap it, unless a reaper did; ECHILD then.
     let _ = nix::sys::wait::waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG));

@@ -108,17 +108,11 @@ fn place_fds(fds: &[RawFd; 3]) -> std::io::Result<()> {
 
 /// A byte or EOF on the ready pipe means ready; nothing in time is an error.
 fn wait_ready(uri: &str, ready: OwnedFd) -> Result<(), StdioError> {
-    let mut poll = [libc::pollfd { fd: ready.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-    let timeout = READY_TIMEOUT.as_millis() as libc::c_int;
-    // SAFETY: poll reads and writes the one pollfd it is given.
-    let n = unsafe { libc::poll(poll.as_mut_ptr(), 1, timeout) };
-    if n < 0 {
-        return Err(failed(uri, std::io::Error::last_os_error()));
+    match crate::fds::readable_within(&ready, READY_TIMEOUT) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(refused(uri, format!("the log driver did not get ready within {READY_TIMEOUT:?}"))),
+        Err(e) => Err(failed(uri, e)),
     }
-    if n == 0 {
-        return Err(refused(uri, format!("the log driver did not get ready within {READY_TIMEOUT:?}")));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

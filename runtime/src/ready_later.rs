@@ -19,7 +19,7 @@
 //! mount source, the common case, is still refused at Create:
 //! mount_sources.rs.)
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -96,15 +96,10 @@ impl ReadyPipe {
     /// Wait for the creator's report: Ok once the init is ready, or why it
     /// is not (the creator gone without a word counts as a failure).
     pub(crate) fn wait(&self) -> Result<(), String> {
-        let timeout = nix::poll::PollTimeout::try_from(READY_TIMEOUT.as_millis() as i32).unwrap_or(nix::poll::PollTimeout::MAX);
-        let mut fds = [nix::poll::PollFd::new(self.0.as_fd(), nix::poll::PollFlags::POLLIN)];
-        loop {
-            match nix::poll::poll(&mut fds, timeout) {
-                Ok(0) => return Err(format!("the container's init was not ready within {READY_TIMEOUT:?}")),
-                Ok(_) => break,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(format!("cannot wait for the container's init: {e}")),
-            }
+        match crate::fds::readable_within(&self.0, READY_TIMEOUT) {
+            Ok(true) => {}
+            Ok(false) => return Err(format!("the container's init was not ready within {READY_TIMEOUT:?}")),
+            Err(e) => return Err(format!("cannot wait for the container's init: {e}")),
         }
         let mut buf = [0u8; 4096];
         let n = loop {

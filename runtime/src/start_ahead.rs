@@ -13,7 +13,8 @@
 //! creator's exit (on two cores, beside the creator, it slowed the answer
 //! by as much as it saved); where the answer went at the fork
 //! (ready_later.rs), Start waits for the creator anyway, and loading at
-//! once took 0.3 ms off the runtime's part (80 A/B rounds). Only a container's init prepares ahead: an exec
+//! once took 0.3 ms off the runtime's part (80 A/B rounds). Only a
+//! container's init prepares ahead: an exec
 //! runs at once, and its creator waits for it.
 //!
 //! A thread beside libcontainer's own changes what the process may do
@@ -125,20 +126,9 @@ const CREATOR_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// process is ready, covers its /proc and exits: on two cores, loading the
 /// program beside that would only slow the answer down.
 fn wait_for_exit(pid: nix::unistd::Pid, longest: std::time::Duration) {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new
-    // descriptor or -1; no memory is passed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    let Ok(fd) = RawFd::try_from(fd) else { return };
-    if fd < 0 {
-        return;
+    if let Ok(pidfd) = crate::fds::pidfd(pid) {
+        let _ = crate::fds::readable_within(&pidfd, longest);
     }
-    // SAFETY: `fd` was just opened here and is owned by nothing else.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut poll = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&fd), events: libc::POLLIN, revents: 0 };
-    let timeout = i32::try_from(longest.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: one pollfd, valid for the call; the pidfd turns readable when
-    // the process exits.
-    unsafe { libc::poll(&mut poll, 1, timeout) };
 }
 
 /// Load the program at `entrypoint` (from its `precompiled` entry when
