@@ -62,6 +62,9 @@ pub(crate) enum CloneJob {
         guest_report_fd: Option<usize>,
         /// The cgroups this process joins itself before libcontainer runs.
         own_join: Option<crate::cgroup_join::OwnJoin>,
+        /// Whether this process makes the init itself, without
+        /// libcontainer's intermediate ([`crate::direct_init::chosen`]).
+        direct_init: bool,
         /// Index of the ready pipe's write end: where an init made without
         /// libcontainer's intermediate is answered before it is ready
         /// (ready_later.rs).
@@ -89,11 +92,9 @@ impl CloneJob {
     pub(crate) fn run(self, fds: Vec<OwnedFd>, ready_network: Option<ReadyNetworkNamespace>, early: &mut EarlyAnswer) -> Result<Made, String> {
         let fd = |index: usize| fds.get(index).map(AsRawFd::as_raw_fd).ok_or_else(|| format!("descriptor {index} was not sent"));
         // A wasm init in cgroups joined here is made without libcontainer's
-        // intermediate process (see direct_init.rs), when its spec allows.
+        // intermediate process (see direct_init.rs), as the shim decided.
         let direct_spec = match &self {
-            CloneJob::Create { bundle, process, own_join: Some(_), .. } if process.workload.kind.is_wasm() && process.stdio.is_some() => {
-                crate::direct_init::load_spec(bundle).ok().filter(crate::direct_init::applies_to)
-            }
+            CloneJob::Create { bundle, direct_init: true, own_join: Some(_), .. } => crate::direct_init::load_spec(bundle).ok(),
             _ => None,
         };
         // Before libcontainer runs: its intermediate and init are then born
@@ -103,7 +104,7 @@ impl CloneJob {
             join.run(direct_spec.is_none()).map_err(|e| e.to_string())?;
         }
         match self {
-            CloneJob::Create { id, bundle, state_root, process, http_port, guest_report_fd, own_join: _, ready_fd } => {
+            CloneJob::Create { id, bundle, state_root, process, http_port, guest_report_fd, own_join: _, direct_init: _, ready_fd } => {
                 let mut executor = process.executor().with_http_port(http_port).waiting_for_start();
                 if let Some(index) = guest_report_fd {
                     executor = executor.with_guest_report(fd(index)?);

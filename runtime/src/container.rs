@@ -226,16 +226,17 @@ impl HybridContainer {
         // (see cgroup_join.rs); the shim makes them and applies the spec's
         // resources just before, and libcontainer does not see those.
         let own_join_path = manager_ahead.as_ref().map(|ahead| ahead.path().to_path_buf());
-        // Whether the creator will make the init itself (direct_init.rs),
-        // as it decides from the spec written here.
+        // Whether the creator makes the init itself (direct_init.rs), from
+        // the spec written here for it.
         let mut direct_init = false;
         if let Some(spec) = &spec {
             let narrowed = match is_wasm {
                 true => crate::guest_mounts::narrow_bundle(&config.bundle, spec, manager_ahead.is_some())?,
                 false => None,
             };
-            crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle, narrowed.as_ref().unwrap_or(spec))?;
-            direct_init = crate::direct_init::applies_to(narrowed.as_ref().unwrap_or(spec));
+            let written = narrowed.as_ref().unwrap_or(spec);
+            crate::cgroup_mount::rewrite_for_shared_pid_namespace(&config.bundle, written)?;
+            direct_init = crate::direct_init::chosen(is_wasm, !terminal, manager_ahead.is_some(), written);
         }
         // A bad port annotation fails Create, not the guest's start.
         let http_port = match workload.kind {
@@ -265,21 +266,18 @@ impl HybridContainer {
             Some(ahead) => Some(crate::cgroup_join::OwnJoin::prepare(ahead).map_err(cgroup_err)?),
             None => None,
         };
-        // An init the creator makes itself (a wasm one in cgroups it joined,
-        // with stdio) may be answered before it is ready (ready_later.rs).
-        // Not offered otherwise: libcontainer's clones would keep the pipe.
-        let ready_pipe = match (&prepared, is_wasm && direct_init, process.stdio.is_some()) {
-            (Some(_), true, true) => match ReadyPipe::new() {
-                Ok((pipe, write)) => {
-                    fds.push(write);
-                    Some((pipe, fds.len() - 1))
-                }
-                Err(e) => {
-                    tracing::debug!(id = %id, "no ready pipe, Create waits for the init: {e}");
-                    None
-                }
-            },
-            _ => None,
+        // An init the creator makes itself may be answered before it is
+        // ready (ready_later.rs). Not offered otherwise: libcontainer's
+        // clones would keep the pipe.
+        let ready_pipe = match direct_init.then(ReadyPipe::new).transpose() {
+            Ok(pipe) => pipe.map(|(pipe, write)| {
+                fds.push(write);
+                (pipe, fds.len() - 1)
+            }),
+            Err(e) => {
+                tracing::debug!(id = %id, "no ready pipe, Create waits for the init: {e}");
+                None
+            }
         };
         let job = CloneJob::Create {
             id: id.clone(),
@@ -289,6 +287,7 @@ impl HybridContainer {
             http_port,
             guest_report_fd,
             own_join: prepared.as_ref().map(|(join, _)| join.clone()),
+            direct_init,
             ready_fd: ready_pipe.as_ref().map(|(_, index)| *index),
         };
         let made = match job.run_cleanly(fds) {

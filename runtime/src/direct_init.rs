@@ -44,6 +44,14 @@ pub(crate) struct InitStdio {
     pub stderr: RawFd,
 }
 
+/// Whether a Create's init is made here: a wasm workload with its stdio
+/// (no terminal), in cgroups its creator joins itself, from a `spec` this
+/// module makes an init for. Decided once, by the shim, on the spec it
+/// wrote for the creator (the creator and the ready pipe follow it).
+pub(crate) fn chosen(is_wasm: bool, has_stdio: bool, own_join: bool, spec: &Spec) -> bool {
+    is_wasm && has_stdio && own_join && applies_to(spec)
+}
+
 /// Whether `spec` is one this module makes an init for (see the module
 /// comment); `spec` is the bundle's, as libcontainer would read it.
 pub(crate) fn applies_to(spec: &Spec) -> bool {

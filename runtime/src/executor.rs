@@ -112,8 +112,8 @@ impl Executor for HybridExecutor {
             // program meanwhile (see start_ahead.rs). An exec runs at once,
             // and its creator waits for it to let go of what it inherited.
             if self.waits_for_start {
-                let creator_done = !self.answered_before_ready;
-                crate::start_ahead::begin(&self.workload, self.precompiled.as_ref(), &self.kept_fds(), creator_done);
+                let after_creator = !self.answered_before_ready;
+                crate::start_ahead::begin(&self.workload, self.precompiled.as_ref(), &self.kept_fds(), after_creator);
             }
             Ok(())
         } else {
