@@ -318,6 +318,11 @@ pub(crate) fn run(job: RunJob) -> Result<Ran, RunError> {
         return Err(RunError::NotRoot);
     }
     sweep_stale_containers(Path::new(STATE_ROOT));
+    // As the shim's: in memory (hybrid_runtime::state_in_memory); a state
+    // root left on disk still serves.
+    if let Err(e) = hybrid_runtime::state_in_memory::keep_in_memory(Path::new(STATE_ROOT)) {
+        tracing::debug!("build container state stays where it is: {e}");
+    }
     let dir = tempfile::Builder::new().prefix("run-").tempdir_in(&job.scratch).map_err(prepare("a directory"))?;
     let [upper, work, bundle] = ["upper", "work", "bundle"].map(|name| dir.path().join(name));
     let rootfs = bundle.join("rootfs");

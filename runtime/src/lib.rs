@@ -32,6 +32,7 @@ pub mod preopens;
 mod same_cpu;
 pub mod spawner;
 pub mod stack;
+pub mod state_in_memory;
 mod start_ahead;
 pub mod stdio;
 pub mod tty;

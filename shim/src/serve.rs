@@ -21,6 +21,8 @@ use nix::unistd::Pid;
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGPIPE, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use hybrid_runtime::state_in_memory::StateRoot;
+
 use crate::shim::{shim_answers, socket_path, HybridShim};
 use crate::task_async::AsyncTaskService;
 
@@ -71,6 +73,16 @@ pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: Unix
         (shim, runtime)
     });
     let runtime = runtime.map_err(|e| Error::Other(format!("cannot start the ttrpc runtime: {e}")))?;
+    // Before the first Create can be served (containerd's connection waits
+    // for the server below); a state root left on disk still serves.
+    match hybrid_runtime::state_in_memory::keep_in_memory(Path::new(crate::shim::STATE_BASE)) {
+        Ok(StateRoot::Mounted) => tracing::info!("container state kept on a tmpfs mounted at {}", crate::shim::STATE_BASE),
+        Ok(StateRoot::OnDiskInUse) => {
+            tracing::info!("container state stays on disk at {}: containers of an earlier shim are there", crate::shim::STATE_BASE)
+        }
+        Ok(StateRoot::InMemory) => {}
+        Err(e) => tracing::warn!("container state stays where it is: {e}"),
+    }
     hybrid_runtime::fds::keep_in_clones(kept);
     let task = create_task(Arc::new(AsyncTaskService::new(shim.task_service(runtime.handle(), ttrpc_address))));
     // Serves for as long as it lives: to the exit below.

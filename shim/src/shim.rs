@@ -22,9 +22,13 @@ pub const GROUP_ANNOTATION: &str = "io.containerd.hybrid.v2.group";
 /// runc's grouping annotation, honoured too so that tooling made for runc works.
 const RUNC_GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
 
+/// Where the shim keeps container state: a tmpfs (see
+/// hybrid_runtime::state_in_memory).
+pub const STATE_BASE: &str = "/run/hybrid";
+
 /// Where libcontainer keeps container state, per containerd namespace.
 pub fn state_root(namespace: &str) -> PathBuf {
-    PathBuf::from("/run/hybrid").join(namespace)
+    PathBuf::from(STATE_BASE).join(namespace)
 }
 
 pub struct HybridShim {

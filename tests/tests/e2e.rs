@@ -38,6 +38,20 @@ fn wasm_proc_exit_3_gives_exit_status_3() {
     assert_eq!(ran.code, 3, "{ran:?}");
 }
 
+/// The shim keeps its state in memory (hybrid_runtime::state_in_memory):
+/// on this test machine /run is a directory of the ext4 root, so the
+/// first shim mounts a tmpfs at /run/hybrid; on a host whose /run is a
+/// tmpfs it is one already.
+#[test]
+fn container_state_is_kept_on_a_tmpfs() {
+    let env = env();
+    let ran = env.run(HYBRID_RUNTIME, &image("hello-rust"), &unique_id("state-tmpfs"), &["/hello.wasm"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let fs = std::process::Command::new("stat").args(["-f", "-c", "%T", "/run/hybrid"]).output().expect("stat");
+    let fs = String::from_utf8_lossy(&fs.stdout).trim().to_string();
+    assert!(fs == "tmpfs" || fs == "ramfs", "/run/hybrid is on {fs:?}");
+}
+
 /// The shim's "process exited" line for container `id`, from containerd's log.
 fn exit_logged(env: &Env, id: &str) -> Option<String> {
     let needle = format!("id={id} ");
