@@ -87,6 +87,32 @@ impl BlobWriter {
     }
 }
 
+/// A build's scratch directory is named `hybrid-build-<pid>-<random>`.
+const SCRATCH_PREFIX: &str = "hybrid-build-";
+
+/// Remove the scratch directories in `dir` whose build is gone: a build
+/// killed outright (SIGKILL, or with its machine's power) leaves its layers
+/// and blobs there. A directory whose process lives, or that is named
+/// otherwise (one of a build from before the pid was in the name), is
+/// left; a pid taken again by another process only delays the removal.
+fn remove_stale_scratch(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(SCRATCH_PREFIX)).and_then(|rest| rest.split_once('-')).and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH);
+        if gone {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => tracing::debug!("removed the scratch directory {:?} of a build that is gone", entry.path()),
+                Err(e) => tracing::debug!("cannot remove the scratch directory {:?} of a build that is gone: {e}", entry.path()),
+            }
+        }
+    }
+}
+
 pub struct BlobStore {
     root: PathBuf,
     remote: BTreeSet<String>,
@@ -95,9 +121,13 @@ pub struct BlobStore {
 }
 
 impl BlobStore {
-    /// A store in a fresh temporary directory (removed on drop).
+    /// A store in a fresh temporary directory (removed on drop), named
+    /// after this process: the scratch directories of builds that were
+    /// killed (and could not remove theirs) are removed first.
     pub fn temp() -> io::Result<BlobStore> {
-        let temp = tempfile::Builder::new().prefix("hybrid-build-").tempdir()?;
+        let temp_dir = std::env::temp_dir();
+        remove_stale_scratch(&temp_dir);
+        let temp = tempfile::Builder::new().prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id())).tempdir_in(&temp_dir)?;
         let root = temp.path().to_path_buf();
         for dir in ["sha256", "ingest", "staging"] {
             std::fs::create_dir(root.join(dir))?;
@@ -173,6 +203,25 @@ impl BlobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scratch_of_a_build_that_is_gone_is_removed_and_others_are_left() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid that is gone: a child's, once reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let stale = dir.path().join(format!("{SCRATCH_PREFIX}{gone}-abc"));
+        let live = dir.path().join(format!("{SCRATCH_PREFIX}{}-def", std::process::id()));
+        let legacy = dir.path().join(format!("{SCRATCH_PREFIX}Xy12ab"));
+        let other = dir.path().join("unrelated-1-x");
+        for d in [&stale, &live, &legacy, &other] {
+            std::fs::create_dir_all(d.join("sha256")).unwrap();
+        }
+        remove_stale_scratch(dir.path());
+        assert!(!stale.exists(), "the gone build's scratch is removed");
+        assert!(live.exists() && legacy.exists() && other.exists(), "the rest stays");
+    }
 
     #[test]
     fn put_and_read_back() {

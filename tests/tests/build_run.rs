@@ -265,6 +265,17 @@ fn gone_within(pid: i32, secs: u64) -> bool {
     false
 }
 
+/// The scratch directories (layers, blobs) of the build whose pid is `pid`.
+fn scratch_of_build(pid: u32) -> Vec<std::path::PathBuf> {
+    let prefix = format!("hybrid-build-{pid}-");
+    std::fs::read_dir(std::env::temp_dir())
+        .expect("temp dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
 /// Killing a build in the middle of a RUN leaves no container, mount,
 /// cgroup or state: the helper that runs the step kills and deletes its
 /// container when the build dies, and its overlay mount lives only in the
@@ -280,8 +291,10 @@ fn a_build_killed_during_run_leaves_nothing_behind() {
     // The build alone is killed: its helper cleans up.
     let (mut build, sleep_pid) = build_until_run_sleeps("killed-build", ctx.path(), &marker);
     let build_pid = build.id();
+    let first_build_pid = build_pid;
     let id = format!("hybrid-build-{build_pid}-0");
     assert!(Path::new("/run/hybrid-build").join(&id).exists(), "the RUN container {id} exists");
+    assert_eq!(scratch_of_build(build_pid).len(), 1, "the build's scratch directory is named after it");
     assert!(mounts_containing("/run-").iter().all(|m| !m.contains("hybrid-build-")), "the overlay is not mounted on the host");
     build.kill().expect("kill the build");
     let _ = build.wait();
@@ -313,4 +326,9 @@ fn a_build_killed_during_run_leaves_nothing_behind() {
     assert!(gone_within(sleep_pid, 10), "the next build's RUN removed the stale container: {}", show(&out));
     assert!(!Path::new("/run/hybrid-build").join(&id).exists(), "state of {id} left");
     assert!(cgroups_named(&id).is_empty(), "cgroups of {id} left: {:?}", cgroups_named(&id));
+    // Nor the scratch directories (layers, blobs) of the two killed builds.
+    for pid in [first_build_pid, build_pid] {
+        let left = scratch_of_build(pid);
+        assert!(left.is_empty(), "scratch of the killed build {pid} left: {left:?}");
+    }
 }
