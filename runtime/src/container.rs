@@ -121,8 +121,21 @@ pub struct HybridContainer {
     /// (see held_namespace.rs).
     mount_namespace: Option<HeldMountNamespace>,
     /// The rest of its Create, when Create answered before its init was
-    /// ready (ready_later.rs): Start does it.
+    /// ready (ready_later.rs): Start does it, or [`Self::settle`].
     setup: Option<Readiness<OwnLimits>>,
+    /// Why that rest failed, told again to every call that needs it.
+    setup_failed: Option<String>,
+}
+
+/// What [`HybridContainer::settle`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Nothing of Create is left to do (done now, or before).
+    Done,
+    /// The init has not told its readiness yet: look again later.
+    NotYet,
+    /// The init failed to get ready: why (Start will say so too).
+    Failed(String),
 }
 
 
@@ -372,6 +385,7 @@ impl HybridContainer {
             teardown: None,
             mount_namespace: None,
             setup: None,
+            setup_failed: None,
         })
     }
 
@@ -385,13 +399,39 @@ impl HybridContainer {
     /// Wait for the rest of its Create, if Create answered before its init
     /// was ready: an error says why the container cannot start.
     fn finish_setup(&mut self) -> Result<(), ContainerError> {
+        let failed = |id: &str, message: String| ContainerError::Job { id: id.to_string(), action: "create", message };
+        if let Some(message) = &self.setup_failed {
+            return Err(failed(&self.id, message.clone()));
+        }
         let Some(setup) = self.setup.take() else { return Ok(()) };
         match setup.wait() {
             Ok(done) => {
                 self.finished_setup(done);
                 Ok(())
             }
-            Err(message) => Err(ContainerError::Job { id: self.id.clone(), action: "create", message }),
+            Err(message) => {
+                self.setup_failed = Some(message.clone());
+                Err(failed(&self.id, message))
+            }
+        }
+    }
+
+    /// Whether some of its Create is left for [`Self::settle`] or Start.
+    pub fn setup_pending(&self) -> bool {
+        self.setup.is_some()
+    }
+
+    /// Do the rest of its Create (its limits) if its init has told its
+    /// readiness, without waiting: for a container left Created, whose
+    /// Stats, Pids and cgroups would otherwise lack its limits until its
+    /// Start (ready_later.rs).
+    pub fn settle(&mut self) -> Settled {
+        if self.setup.as_ref().is_some_and(|setup| !setup.told()) {
+            return Settled::NotYet;
+        }
+        match self.finish_setup() {
+            Ok(()) => Settled::Done,
+            Err(e) => Settled::Failed(e.to_string()),
         }
     }
 

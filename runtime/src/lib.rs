@@ -49,7 +49,7 @@ mod test_support {
     }
 }
 
-pub use container::{CgroupStats, CgroupVersion, CgroupWarmup, ContainerConfig, ContainerError, HybridContainer, LearnedCgroups};
+pub use container::{CgroupStats, CgroupVersion, CgroupWarmup, ContainerConfig, ContainerError, HybridContainer, LearnedCgroups, Settled};
 pub use exec::{PreparedExec, StartedExec};
 pub use logdriver::LogOwner;
 pub use stdio::StdioPaths;

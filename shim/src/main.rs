@@ -7,6 +7,7 @@ mod early_exit;
 mod events;
 mod image_port;
 mod info;
+mod left_created;
 mod metrics;
 mod rootfs;
 mod serve;

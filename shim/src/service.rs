@@ -175,6 +175,9 @@ impl TaskService {
         let stdio = StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() };
         let mut init = Proc::new(pid, stdio.clone(), req.terminal);
         init.console = container.take_console();
+        if container.setup_pending() {
+            crate::left_created::settle_later(&self.runtime, self.state.clone(), req.id.clone());
+        }
         self.lock()
             .containers
             .insert(req.id.clone(), Entry { container, bundle, init, paused: false, execs: Default::default() });

@@ -255,3 +255,64 @@ fn metrics_show_memory_cpu_and_pids_for_both_kinds() {
         assert!(task.metric("pids.current").is_some_and(|p| p >= 1), "{image_ref}: pids");
     }
 }
+
+/// Create a task for container `id` through containerd's task API, without
+/// starting it (ctr's `task start` and `run` always start).
+fn create_task_only(env: &Env, id: &str) {
+    use containerd_client::services::v1::containers_client::ContainersClient;
+    use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+    use containerd_client::services::v1::snapshots::MountsRequest;
+    use containerd_client::services::v1::tasks_client::TasksClient;
+    use containerd_client::services::v1::{CreateTaskRequest, GetContainerRequest};
+    fn in_namespace<T>(message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert("containerd-namespace", "default".parse().expect("namespace"));
+        request
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let channel = containerd_client::connect(&env.address).await.expect("connect to containerd");
+        let container = ContainersClient::new(channel.clone())
+            .get(in_namespace(GetContainerRequest { id: id.to_string() }))
+            .await
+            .expect("get container")
+            .into_inner()
+            .container
+            .expect("container");
+        let mounts = SnapshotsClient::new(channel.clone())
+            .mounts(in_namespace(MountsRequest { snapshotter: container.snapshotter, key: container.snapshot_key }))
+            .await
+            .expect("snapshot mounts")
+            .into_inner()
+            .mounts;
+        TasksClient::new(channel)
+            .create(in_namespace(CreateTaskRequest { container_id: id.to_string(), rootfs: mounts, ..Default::default() }))
+            .await
+            .expect("create task");
+    });
+}
+
+/// A wasm task's Create is answered before its init is ready and its
+/// limits applied once it is (ready_later.rs): a task that is never
+/// started gets them too (shim/src/left_created.rs), not only at Start.
+#[test]
+fn a_created_task_that_is_not_started_gets_its_memory_limit() {
+    let env = env();
+    let id = unique_id("created-only");
+    let limit: u64 = 48 * 1024 * 1024;
+    let create = env.ctr_out(&["container", "create", "--runtime", HYBRID_RUNTIME, "--memory-limit", &limit.to_string(), &image("sleep-wat"), &id]);
+    assert_eq!(create.code, 0, "{create:?}");
+    create_task_only(env, &id);
+    assert!(env.wait_for_status(&id, "CREATED", Duration::from_secs(10)), "task {id} not created");
+    let limit_file = std::path::Path::new("/sys/fs/cgroup/memory/default").join(&id).join("memory.limit_in_bytes");
+    let read_limit = || std::fs::read_to_string(&limit_file).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while read_limit() != Some(limit) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = read_limit();
+    let _ = env.ctr_out(&["task", "kill", "-s", "SIGKILL", &id]);
+    let _ = ctr_within(env, &["task", "rm", "-f", &id]);
+    let _ = env.ctr_out(&["container", "rm", &id]);
+    assert_eq!(seen, Some(limit), "{limit_file:?} of the created, unstarted task");
+}
