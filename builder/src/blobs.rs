@@ -87,24 +87,15 @@ impl BlobWriter {
     }
 }
 
-/// A build's scratch directory is named `hybrid-build-<pid>-<random>`.
-const SCRATCH_PREFIX: &str = "hybrid-build-";
-
 /// Remove the scratch directories in `dir` whose build is gone: a build
 /// killed outright (SIGKILL, or with its machine's power) leaves its layers
-/// and blobs there. A directory whose process lives, or that is named
-/// otherwise (one of a build from before the pid was in the name), is
-/// left; a pid taken again by another process only delays the removal.
+/// and blobs there (see left_behind.rs). A directory named otherwise (one
+/// of a build from before the pid was in the name) is left.
 fn remove_stale_scratch(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(SCRATCH_PREFIX)).and_then(|rest| rest.split_once('-')).and_then(|(pid, _)| pid.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let gone = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH);
-        if gone {
+        let Some(pid) = entry.file_name().to_str().and_then(crate::left_behind::build_of) else { continue };
+        if crate::left_behind::gone(pid) {
             match std::fs::remove_dir_all(entry.path()) {
                 Ok(()) => tracing::debug!("removed the scratch directory {:?} of a build that is gone", entry.path()),
                 Err(e) => tracing::debug!("cannot remove the scratch directory {:?} of a build that is gone: {e}", entry.path()),
@@ -127,7 +118,7 @@ impl BlobStore {
     pub fn temp() -> io::Result<BlobStore> {
         let temp_dir = std::env::temp_dir();
         remove_stale_scratch(&temp_dir);
-        let temp = tempfile::Builder::new().prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id())).tempdir_in(&temp_dir)?;
+        let temp = tempfile::Builder::new().prefix(&crate::left_behind::own_prefix()).tempdir_in(&temp_dir)?;
         let root = temp.path().to_path_buf();
         for dir in ["sha256", "ingest", "staging"] {
             std::fs::create_dir(root.join(dir))?;
@@ -211,9 +202,9 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let gone = child.id();
         child.wait().unwrap();
-        let stale = dir.path().join(format!("{SCRATCH_PREFIX}{gone}-abc"));
-        let live = dir.path().join(format!("{SCRATCH_PREFIX}{}-def", std::process::id()));
-        let legacy = dir.path().join(format!("{SCRATCH_PREFIX}Xy12ab"));
+        let stale = dir.path().join(format!("hybrid-build-{gone}-abc"));
+        let live = dir.path().join(format!("{}def", crate::left_behind::own_prefix()));
+        let legacy = dir.path().join("hybrid-build-Xy12ab");
         let other = dir.path().join("unrelated-1-x");
         for d in [&stale, &live, &legacy, &other] {
             std::fs::create_dir_all(d.join("sha256")).unwrap();

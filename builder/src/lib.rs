@@ -25,6 +25,7 @@ pub mod ignore;
 pub mod image;
 pub mod instruction;
 pub mod layer;
+mod left_behind;
 pub mod overlay_diff;
 pub mod owner;
 pub mod platform;

@@ -273,7 +273,7 @@ fn last_lines(path: &Path) -> Vec<String> {
 /// A container id unique to this process and step.
 fn container_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!("hybrid-build-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!("{}{}", crate::left_behind::own_prefix(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Whether a RUN helper for container `id` is alive: a process of this pid
@@ -299,9 +299,8 @@ fn sweep_stale_containers(state_root: &Path) {
     let Ok(entries) = fs::read_dir(state_root) else { return };
     for entry in entries.flatten() {
         let Some(id) = entry.file_name().to_str().map(str::to_string) else { continue };
-        let build_pid = id.strip_prefix("hybrid-build-").and_then(|rest| rest.split('-').next()).and_then(|p| p.parse::<u32>().ok());
-        let Some(build_pid) = build_pid else { continue };
-        if build_pid == std::process::id() || Path::new(&format!("/proc/{build_pid}")).exists() || helper_alive(&id) {
+        let Some(build_pid) = crate::left_behind::build_of(&id) else { continue };
+        if !crate::left_behind::gone(build_pid) || helper_alive(&id) {
             continue;
         }
         match HybridContainer::load(state_root, &id).and_then(|mut c| c.delete()) {
