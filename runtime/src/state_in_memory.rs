@@ -23,6 +23,10 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, MsFlags};
 use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
 
+/// The shim's state root: libcontainer's state per containerd namespace,
+/// and the console sockets (tty.rs), are under it.
+pub const SHIM_STATE_ROOT: &str = "/run/hybrid";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateInMemoryError {
     #[error("state root {path:?}: {message}")]

@@ -42,15 +42,16 @@ pub struct ConsoleSocket {
     path: PathBuf,
 }
 
-/// Console sockets live here under short names: a unix socket path has at
-/// most 107 bytes, which container and exec ids (64 hex each) would pass.
-const CONSOLE_SOCKET_DIR: &str = "/run/hybrid/tty";
+/// Console sockets live here (`tty` under the shim's state root) under
+/// short names: a unix socket path has at most 107 bytes, which container
+/// and exec ids (64 hex each) would pass.
+const CONSOLE_SOCKET_DIR: &str = "tty";
 
 impl ConsoleSocket {
     /// A new socket with a name unique to this process.
     pub fn new() -> Result<Self, TtyError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = Path::new(CONSOLE_SOCKET_DIR);
+        let dir = Path::new(crate::state_in_memory::SHIM_STATE_ROOT).join(CONSOLE_SOCKET_DIR);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!("{}-{n}.sock", std::process::id()));
         std::fs::DirBuilder::new()

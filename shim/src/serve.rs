@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGPIPE, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use hybrid_runtime::state_in_memory::StateRoot;
+use hybrid_runtime::state_in_memory::{keep_in_memory, StateRoot, SHIM_STATE_ROOT};
 
 use crate::shim::{shim_answers, socket_path, HybridShim};
 use crate::task_async::AsyncTaskService;
@@ -75,10 +75,10 @@ pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: Unix
     let runtime = runtime.map_err(|e| Error::Other(format!("cannot start the ttrpc runtime: {e}")))?;
     // Before the first Create can be served (containerd's connection waits
     // for the server below); a state root left on disk still serves.
-    match hybrid_runtime::state_in_memory::keep_in_memory(Path::new(crate::shim::STATE_BASE)) {
-        Ok(StateRoot::Mounted) => tracing::info!("container state kept on a tmpfs mounted at {}", crate::shim::STATE_BASE),
+    match keep_in_memory(Path::new(SHIM_STATE_ROOT)) {
+        Ok(StateRoot::Mounted) => tracing::info!("container state kept on a tmpfs mounted at {SHIM_STATE_ROOT}"),
         Ok(StateRoot::OnDiskInUse) => {
-            tracing::info!("container state stays on disk at {}: containers of an earlier shim are there", crate::shim::STATE_BASE)
+            tracing::info!("container state stays on disk at {SHIM_STATE_ROOT}: containers of an earlier shim are there")
         }
         Ok(StateRoot::InMemory) => {}
         Err(e) => tracing::warn!("container state stays where it is: {e}"),

@@ -9,6 +9,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, DeleteResponse, ExitSignal, Flags, StartOpts};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
+use hybrid_runtime::state_in_memory::SHIM_STATE_ROOT;
 use hybrid_runtime::HybridContainer;
 use oci_spec::runtime::Spec;
 
@@ -22,13 +23,10 @@ pub const GROUP_ANNOTATION: &str = "io.containerd.hybrid.v2.group";
 /// runc's grouping annotation, honoured too so that tooling made for runc works.
 const RUNC_GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
 
-/// Where the shim keeps container state: a tmpfs (see
-/// hybrid_runtime::state_in_memory).
-pub const STATE_BASE: &str = "/run/hybrid";
-
-/// Where libcontainer keeps container state, per containerd namespace.
+/// Where libcontainer keeps container state, per containerd namespace,
+/// under the shim's state root (a tmpfs: hybrid_runtime::state_in_memory).
 pub fn state_root(namespace: &str) -> PathBuf {
-    PathBuf::from(STATE_BASE).join(namespace)
+    PathBuf::from(SHIM_STATE_ROOT).join(namespace)
 }
 
 pub struct HybridShim {
