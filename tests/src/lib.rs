@@ -281,6 +281,16 @@ pub fn cgroups_named(id: &str) -> Vec<PathBuf> {
     found
 }
 
+/// The memory limit file of the cgroup named `id` (v1
+/// `memory.limit_in_bytes`, v2 `memory.max`), and what it holds.
+pub fn memory_limit_of(id: &str) -> Option<(PathBuf, String)> {
+    cgroups_named(id).into_iter().find_map(|dir| {
+        let file = ["memory.max", "memory.limit_in_bytes"].iter().map(|f| dir.join(f)).find(|f| f.exists())?;
+        let limit = std::fs::read_to_string(&file).ok()?;
+        Some((file, limit.trim().to_string()))
+    })
+}
+
 /// Processes of our pid namespace holding the unix socket that listens on
 /// `path` (from /proc/net/unix, matched to descriptors by inode): a shim
 /// is found by its socket, whatever command line it was started with.

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use hybrid_tests::cri::{self, api, container_config, cri, describe, parse_cri_log, Cri};
-use hybrid_tests::{cgroups_named, image, mounts_containing, processes_mentioning};
+use hybrid_tests::{cgroups_named, image, memory_limit_of, mounts_containing, processes_mentioning};
 
 const START: Duration = Duration::from_secs(30);
 
@@ -348,13 +348,8 @@ fn update_container_resources_changes_the_running_containers_memory_limit() {
     pod.cri
         .call("UpdateContainerResources", pod.cri.runtime().update_container_resources(request))
         .expect("UpdateContainerResources");
-    let memory_cgroup = cgroups_named(&id)
-        .into_iter()
-        .find(|dir| dir.join("memory.limit_in_bytes").exists() || dir.join("memory.max").exists())
-        .unwrap_or_else(|| panic!("no memory cgroup named {id}"));
-    let file = if memory_cgroup.join("memory.max").exists() { "memory.max" } else { "memory.limit_in_bytes" };
-    let got = std::fs::read_to_string(memory_cgroup.join(file)).expect("read the limit");
-    assert_eq!(got.trim(), limit.to_string(), "{memory_cgroup:?}/{file}");
+    let (file, got) = memory_limit_of(&id).unwrap_or_else(|| panic!("no memory cgroup named {id}"));
+    assert_eq!(got, limit.to_string(), "{file:?}");
 }
 
 /// The container's memory limit applies inside the wasm sandbox: a memory

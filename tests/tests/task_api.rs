@@ -304,15 +304,12 @@ fn a_created_task_that_is_not_started_gets_its_memory_limit() {
     assert_eq!(create.code, 0, "{create:?}");
     create_task_only(env, &id);
     assert!(env.wait_for_status(&id, "CREATED", Duration::from_secs(10)), "task {id} not created");
-    let limit_file = std::path::Path::new("/sys/fs/cgroup/memory/default").join(&id).join("memory.limit_in_bytes");
-    let read_limit = || std::fs::read_to_string(&limit_file).ok().and_then(|s| s.trim().parse::<u64>().ok());
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while read_limit() != Some(limit) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let seen = read_limit();
+    let limited = || memory_limit_of(&id).is_some_and(|(_, got)| got == limit.to_string());
+    wait_until(Duration::from_secs(5), limited);
+    let seen = memory_limit_of(&id);
     let _ = env.ctr_out(&["task", "kill", "-s", "SIGKILL", &id]);
     let _ = ctr_within(env, &["task", "rm", "-f", &id]);
     let _ = env.ctr_out(&["container", "rm", &id]);
-    assert_eq!(seen, Some(limit), "{limit_file:?} of the created, unstarted task");
+    let (file, got) = seen.unwrap_or_else(|| panic!("no memory cgroup named {id}"));
+    assert_eq!(got, limit.to_string(), "{file:?} of the created, unstarted task");
 }
