@@ -24,6 +24,7 @@ use hybrid_runtime::in_flight::InFlight;
 use crate::whole_frames::WholeFrames;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::sync::Notify;
 
 /// The protobuf package of containerd's task events (events/task.proto).
 const EVENTS_PACKAGE: &str = "containerd.events";
@@ -49,20 +50,26 @@ pub struct EventSender {
     tx: UnboundedSender<Event>,
     /// The events sent and not yet forwarded (or given up on).
     pending: Arc<InFlight>,
+    /// Tells the task to connect (see `connect_now`).
+    connect: Arc<Notify>,
 }
 
 impl EventSender {
     /// Publish to containerd's ttrpc socket at `address` (TTRPC_ADDRESS)
-    /// from a task on `runtime`; connected at once, and again after a
-    /// failure (containerd restarted).
+    /// from a task on `runtime`; connected when told (`connect_now`) or at
+    /// the first event, and again after a failure (containerd restarted).
     pub fn spawn(runtime: &tokio::runtime::Handle, address: String, namespace: String) -> Self {
         let (tx, mut rx) = unbounded_channel::<Event>();
         let pending = Arc::new(InFlight::new());
         let done = pending.clone();
+        let connect_told = Arc::new(Notify::new());
+        let told = connect_told.clone();
         runtime.spawn(async move {
-            // Connected now, while the shim waits for its first Create:
-            // not between Create's answer and Start, where containerd
-            // would accept the connection before it takes the event.
+            // Connected once told (the first call, or the first event).
+            // Not at once: containerd's first Create is already waiting
+            // when the shim starts serving, and this runtime's one worker
+            // would connect (0.3 ms) before it reads that call.
+            told.notified().await;
             let mut client = connect(&address).await.ok().map(EventsClient::new);
             while let Some(event) = rx.recv().await {
                 let topic = event.topic;
@@ -100,7 +107,16 @@ impl EventSender {
                 done.done();
             }
         });
-        Self { tx, pending }
+        Self { tx, pending, connect: connect_told }
+    }
+
+    /// Connect to containerd now, on the runtime's worker: told as a call
+    /// starts on a thread of its own (Create on the blocking pool), so
+    /// that the connection is made while the call runs, not between its
+    /// answer and the next call, where containerd would accept it before
+    /// it takes the call's event.
+    pub fn connect_now(&self) {
+        self.connect.notify_one();
     }
 
     /// Publish `message` (one of containerd's task events) under `topic`.
@@ -110,6 +126,7 @@ impl EventSender {
             Err(e) => return tracing::warn!(topic, "cannot encode event: {e}"),
         };
         self.pending.started();
+        self.connect_now();
         if self.tx.send(Event { topic, message }).is_err() {
             self.pending.done();
             tracing::warn!(topic, "event task is gone, event dropped");

@@ -152,6 +152,7 @@ impl TaskService {
         // The calling thread (of tokio's blocking pool) may idle a while:
         // give back what this call touched of its stack.
         let _stack = hybrid_runtime::stack::ReleaseOnReturn;
+        self.events.connect_now();
         let span = tracing::info_span!("create", id = %req.id);
         let _enter = span.enter();
         if !req.checkpoint.is_empty() {
