@@ -74,18 +74,6 @@ pub(crate) fn warm_shared_engine() -> Result<(), WasmError> {
     shared_engine().map(|_| ())
 }
 
-/// Make the shim's own engine (the one [`precompile`] keys the compile
-/// cache with) on the calling thread, meant to be one of its own while
-/// the shim starts serving: not in its first Create, which would make it
-/// there (0.16 ms) before looking up the module's entry.
-pub fn warm_shim_engine() {
-    let _no_clone = crate::fork_guard::for_shared_state();
-    if let Err(e) = shared_engine() {
-        // precompile makes it again, and fails Create with this error.
-        tracing::debug!("the shim's engine is made at its first create: {e}");
-    }
-}
-
 /// A linking error of the program at `path`.
 fn link_err(path: &Path) -> impl Fn(wasmtime::Error) -> WasmError + '_ {
     move |e| WasmError::Link { path: path.to_path_buf(), message: format!("{e:#}") }

@@ -73,11 +73,10 @@ pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: Unix
         (shim, runtime)
     });
     let runtime = runtime.map_err(|e| Error::Other(format!("cannot start the ttrpc runtime: {e}")))?;
-    // While this thread goes on to serve (containerd's Create is already
-    // on its way), a thread of the blocking pool, where the calls are
-    // answered (task_async.rs), makes the engine; it then waits there for
-    // the first call, which would otherwise start the pool's first thread.
-    runtime.spawn_blocking(hybrid_runtime::wasm::warm_shim_engine);
+    // The blocking pool's first thread, where the calls are answered
+    // (task_async.rs), started while this thread goes on to serve
+    // (containerd's Create is already on its way), not by that call.
+    runtime.spawn_blocking(|| ());
     // Before the first Create can be served (containerd's connection waits
     // for the server below); a state root left on disk still serves.
     match keep_in_memory(Path::new(SHIM_STATE_ROOT)) {
