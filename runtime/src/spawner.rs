@@ -2,9 +2,10 @@
 //!
 //! The shim forks a *spawner* first thing, while it is small and
 //! single-threaded. The spawner makes the shared wasm engine and then only
-//! waits: for each job (clone_job.rs: a container's create, an exec's
-//! start) it forks a short-lived creator, which runs libcontainer's part
-//! with the descriptors the shim sent, answers, and exits. The container's
+//! forks: for each job (clone_job.rs: a container's create, an exec's
+//! start) a short-lived creator, forked ahead of the job where one is
+//! expected, which takes the job and the descriptors the shim sent, runs
+//! libcontainer's part, answers, and exits. The container's
 //! processes are then adopted by the shim, a child subreaper, which loads
 //! the container from its state as if it had made it.
 //!
@@ -27,6 +28,7 @@ use nix::sys::socket::{
     SockType, UnixAddr,
 };
 use nix::sys::time::TimeVal;
+use nix::sys::wait::WaitStatus;
 use nix::unistd::{fork, ForkResult};
 
 use crate::clone_job::CloneJob;
@@ -40,6 +42,14 @@ const MAX_FDS: usize = 8;
 /// How long the shim waits for a creator's answer: a job that takes
 /// longer is stuck (libcontainer's own waits are shorter).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a creator forked ahead of its job waits for it: a shim's
+/// first Create comes within milliseconds of its start, a group's next
+/// ones in bursts; an idle shim keeps no such process for long.
+const SPARE_IDLE: Duration = Duration::from_secs(1);
+/// A creator's exit when the shim is gone (its end of the socket closed).
+const SHIM_GONE: i32 = 3;
+/// A creator's exit when it was forked ahead and no job came.
+const NO_JOB: i32 = 4;
 
 /// The shim's end of the socket to its spawner.
 static SPAWNER: OnceLock<Mutex<OwnedFd>> = OnceLock::new();
@@ -123,8 +133,8 @@ fn receive(fd: RawFd) -> nix::Result<(Vec<u8>, Vec<OwnedFd>)> {
     Ok((buf, fds))
 }
 
-/// The spawner: make the engine, then a creator per request, until the
-/// shim goes away.
+/// The spawner: make the engine, then a creator per job, until the shim
+/// goes away.
 fn serve(socket: OwnedFd, first_bundle: Option<PathBuf>) -> ! {
     // SAFETY: PR_SET_PDEATHSIG and PR_SET_NAME take a signal number and a
     // NUL-terminated name of at most 16 bytes; nothing else is touched.
@@ -150,49 +160,76 @@ fn serve(socket: OwnedFd, first_bundle: Option<PathBuf>) -> ! {
             exit_now(1)
         }
     };
+    // The creator of the next job is forked before the job comes and
+    // takes it from the socket itself: the fork (this process's page
+    // tables copied, the child scheduled) is then not between a Create's
+    // job and its start. The first job is on its way as the shim starts;
+    // a creator forked ahead that gets none within SPARE_IDLE goes, and
+    // the next is forked once a job is there.
+    let mut ahead = true;
     loop {
-        let (job, fds) = match receive(socket.as_raw_fd()) {
-            Ok(received) => received,
-            // The shim is gone (EOF) or the socket is broken: nothing to serve.
-            Err(_) => exit_now(0),
-        };
+        if !ahead {
+            match crate::fds::readable_within(&socket, Duration::MAX) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(_) => exit_now(0),
+            }
+        }
         // SAFETY: the spawner is single-threaded.
         match unsafe { crate::same_cpu::fork_on_this_cpu() } {
-            Ok(ForkResult::Child) => {
-                let send = |answer: &Answer| {
-                    let bytes = serde_json::to_vec(answer).unwrap_or_default();
-                    sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&bytes)], &[], MsgFlags::empty(), None).is_ok()
-                };
-                // A Create may answer before its init is ready (ready_later.rs).
-                let mut sent_early = None;
-                let mut send_early = |made: Made| sent_early = Some(send(&Ok(made)));
-                let mut early = EarlyAnswer::new(&mut send_early);
-                let answer: Answer = match serde_json::from_slice::<CloneJob>(&job) {
-                    Ok(job) => job.run(fds, ready_network.take(), &mut early),
-                    Err(e) => Err(format!("bad job: {e}")),
-                };
-                drop(early);
-                let sent = sent_early.unwrap_or_else(|| send(&answer));
-                // The container lives on; nothing of this process is needed
-                // (no destructor may delete what was just made).
-                exit_now(if sent { 0 } else { 1 })
-            }
+            Ok(ForkResult::Child) => create(&socket, ahead, ready_network.take()),
             Ok(ForkResult::Parent { child }) => {
-                // The job's descriptors are the creator's now, and so is
-                // the network namespace made ahead.
-                drop(fds);
+                // The network namespace made ahead is the creator's now
+                // (a creator that got no job drops it: its init makes its
+                // own).
                 ready_network = None;
                 // The creator is quick; the processes it leaves are not its
                 // children for long (they go to the shim when it exits).
-                let _ = nix::sys::wait::waitpid(child, None);
+                match nix::sys::wait::waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, SHIM_GONE)) => exit_now(0),
+                    Ok(WaitStatus::Exited(_, NO_JOB)) => ahead = false,
+                    _ => ahead = true,
+                }
             }
             Err(e) => {
+                // The job is answered here, then.
+                let Ok((_, fds)) = receive(socket.as_raw_fd()) else { exit_now(0) };
                 drop(fds);
                 let answer = serde_json::to_vec(&Answer::Err(format!("spawner cannot fork: {e}"))).unwrap_or_default();
                 let _ = sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&answer)], &[], MsgFlags::empty(), None);
             }
         }
     }
+}
+
+/// A creator: take the next job from `socket` (within SPARE_IDLE when
+/// forked `ahead` of it), run it and answer, then exit.
+fn create(socket: &OwnedFd, ahead: bool, ready_network: Option<ReadyNetworkNamespace>) -> ! {
+    if ahead && !crate::fds::readable_within(socket, SPARE_IDLE).unwrap_or(true) {
+        exit_now(NO_JOB)
+    }
+    let (job, fds) = match receive(socket.as_raw_fd()) {
+        Ok(received) => received,
+        // The shim is gone (EOF) or the socket is broken: nothing to serve.
+        Err(_) => exit_now(SHIM_GONE),
+    };
+    let send = |answer: &Answer| {
+        let bytes = serde_json::to_vec(answer).unwrap_or_default();
+        sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&bytes)], &[], MsgFlags::empty(), None).is_ok()
+    };
+    // A Create may answer before its init is ready (ready_later.rs).
+    let mut sent_early = None;
+    let mut send_early = |made: Made| sent_early = Some(send(&Ok(made)));
+    let mut early = EarlyAnswer::new(&mut send_early);
+    let answer: Answer = match serde_json::from_slice::<CloneJob>(&job) {
+        Ok(job) => job.run(fds, ready_network, &mut early),
+        Err(e) => Err(format!("bad job: {e}")),
+    };
+    drop(early);
+    let sent = sent_early.unwrap_or_else(|| send(&answer));
+    // The container lives on; nothing of this process is needed
+    // (no destructor may delete what was just made).
+    exit_now(if sent { 0 } else { 1 })
 }
 
 /// Hold no descriptor of the shim's but `keep`: the shim's stdio are pipes
