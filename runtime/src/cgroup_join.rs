@@ -306,6 +306,20 @@ impl ManagerAhead {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Give the cgroups up, nothing having joined them: returns once their
+    /// directories are gone (and its thread is done with them).
+    pub fn abandon(self) {
+        // Without its thread nothing was made.
+        if self.thread.is_none() {
+            return;
+        }
+        match OwnJoin::prepare(self) {
+            Ok((_, pending)) => pending.abandon(),
+            // The directories it made are removed already.
+            Err(e) => tracing::debug!("cgroups made ahead: {e}"),
+        }
+    }
 }
 
 fn apply(manager: &libcgroups::v1::Manager, resources: Option<&LinuxResources>) -> Result<(), String> {

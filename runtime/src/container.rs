@@ -188,12 +188,21 @@ impl HybridContainer {
         let _join_window = (!own_join).then(crate::cgroup_join::JoinWindow::for_request);
         // The manager of the cgroups the shim makes for such a container
         // is made meanwhile; handed to make, it is that decision.
+        // A serving shim's first container's were started as the shim
+        // started, where its spec looked like wasm (first_cgroups.rs);
+        // given up here unless they are these.
+        let made_ahead = crate::first_cgroups::take(&config.id);
         let manager_ahead = match (own_join, view.spec.as_ref().and_then(|s| s.linux().as_ref())) {
-            (true, Some(linux)) => Some(crate::cgroup_join::ManagerAhead::start(
-                &libcontainer::utils::get_cgroup_path(linux.cgroups_path(), &config.id),
-                linux.resources().as_ref(),
-            )),
-            _ => None,
+            (true, Some(linux)) => {
+                let path = libcontainer::utils::get_cgroup_path(linux.cgroups_path(), &config.id);
+                let resources = linux.resources().as_ref();
+                let taken = made_ahead.and_then(|made| made.matching(&path, resources));
+                Some(taken.unwrap_or_else(|| crate::cgroup_join::ManagerAhead::start(&path, resources)))
+            }
+            _ => {
+                drop(made_ahead);
+                None
+            }
         };
         // Compile before the container exists: a bad module fails Create,
         // and the cache makes every later start load machine code only.

@@ -195,7 +195,7 @@ pub fn read_entrypoint(rootfs: &Path, workload: &Workload) -> Result<Vec<u8>, Wo
 /// wasm; the "smart" switches (`wasm-smart`, `compat-smart`, meant for pods
 /// with native sidecars) insist only on an entrypoint named `*.wasm` or
 /// `*.wat`, as crun has it: anything else runs natively.
-fn wasm_annotation(annotations: &HashMap<String, String>, entrypoint: &Path) -> Option<String> {
+pub(crate) fn wasm_annotation(annotations: &HashMap<String, String>, entrypoint: &Path) -> Option<String> {
     let named_wasm = entrypoint
         .extension()
         .and_then(|e| e.to_str())

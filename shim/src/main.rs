@@ -78,7 +78,7 @@ fn start(flags: containerd_shim::Flags) {
     hybrid_runtime::cgroup_join::start_grace_period_in_child();
     match shim::start(&flags) {
         Ok(shim::Started::Served(address)) => print!("{address}"),
-        Ok(shim::Started::Bound { address, listener }) => match serve::fork_server() {
+        Ok(shim::Started::Bound { address, listener, spec }) => match serve::fork_server() {
             Ok(serve::Forked::Start) => print!("{address}"),
             Ok(serve::Forked::Server) => {
                 serve::show_as_serving();
@@ -92,7 +92,7 @@ fn start(flags: containerd_shim::Flags) {
                     publish_binary: flags.publish_binary,
                     ..Default::default()
                 };
-                serve_containers(&serving, listener);
+                serve_containers(&serving, listener, spec);
             }
             Err(e) => fail(&e),
         },
@@ -130,7 +130,7 @@ fn delete(flags: containerd_shim::Flags) -> i32 {
 const MMAP_THRESHOLD: libc::c_int = 64 * 1024;
 
 /// The serving shim, until its group's last container is deleted.
-fn serve_containers(flags: &containerd_shim::Flags, listener: UnixListener) {
+fn serve_containers(flags: &containerd_shim::Flags, listener: UnixListener, first_spec: Option<oci_spec::runtime::Spec>) {
     // One malloc arena per process instead of one per thread (up to eight
     // per core), for the shim's threads and, inherited through the
     // spawner, for a wasm container's tokio worker, which would otherwise
@@ -158,7 +158,7 @@ fn serve_containers(flags: &containerd_shim::Flags, listener: UnixListener) {
     }
     // Serving is our own loop (serve.rs: containerd-shim's cannot size its
     // ttrpc server).
-    if let Err(e) = serve::serve(RUNTIME_ID, flags, shim_config(), listener) {
+    if let Err(e) = serve::serve(RUNTIME_ID, flags, shim_config(), listener, first_spec.as_ref()) {
         // containerd only sees the socket refuse: say why in its log too.
         tracing::error!("cannot serve: {e}");
         eprintln!("{RUNTIME_ID}: {e}");

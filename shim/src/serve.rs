@@ -16,6 +16,7 @@ use std::sync::Arc;
 use containerd_shim::protos::shim_async::create_task;
 use containerd_shim::protos::ttrpc::asynchronous::Server;
 use containerd_shim::{Config, Error, Flags, Shim};
+use oci_spec::runtime::Spec;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGPIPE, SIGTERM};
@@ -37,7 +38,8 @@ const FIRST_CREATE_WITHIN: std::time::Duration = std::time::Duration::from_milli
 /// Serve containerd on `listener`, the group's socket that `start` bound
 /// (`flags.socket` names it) before forking this process, until the shim
 /// is told to exit (the last container of its group deleted, or Shutdown).
-pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: UnixListener) -> Result<(), Error> {
+/// `first_spec` is the spec of the container it starts for.
+pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: UnixListener, first_spec: Option<&Spec>) -> Result<(), Error> {
     if flags.namespace.is_empty() {
         return Err(Error::InvalidArgument("shim namespace cannot be empty".into()));
     }
@@ -52,6 +54,11 @@ pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: Unix
     // join should find the kernel's grace period over (see
     // hybrid_runtime::cgroup_join).
     hybrid_runtime::cgroup_join::open_window_for(FIRST_CREATE_WITHIN);
+    // Its cgroups and their manager are made meanwhile, where its spec says
+    // it is wasm (see hybrid_runtime::first_cgroups).
+    if let Some(spec) = first_spec {
+        hybrid_runtime::first_cgroups::start(spec, &flags.id);
+    }
     // Orphaned container processes are reparented here, to be reaped.
     // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag; no memory is passed.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
@@ -111,6 +118,8 @@ pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: Unix
     // connection itself): the deleted containers' state and descriptors
     // still being removed are finished first (see
     // hybrid_runtime::deferred_removal).
+    // Cgroups made ahead for a Create that never came go too.
+    hybrid_runtime::first_cgroups::forget();
     if !hybrid_runtime::deferred_removal::wait_for_removals(crate::service::SHUTDOWN_WAIT_LIMIT) {
         tracing::warn!("container state still being removed at exit is left");
     }

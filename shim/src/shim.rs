@@ -2,7 +2,7 @@
 //! socket), `delete` (clean up after a lost shim), and serving.
 
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use containerd_shim::publisher::RemotePublisher;
@@ -115,8 +115,9 @@ pub enum Started {
     /// A shim of the group serves at this address already.
     Served(String),
     /// No shim serves the group: its socket is bound here, for the serving
-    /// shim that `start` forks (main.rs) to take over.
-    Bound { address: String, listener: UnixListener },
+    /// shim that `start` forks (main.rs) to take over, with the spec of
+    /// the container it starts for (None when it cannot be read).
+    Bound { address: String, listener: UnixListener, spec: Option<Spec> },
 }
 
 /// The `start` action: the group's address, and its socket bound when no
@@ -125,7 +126,9 @@ pub enum Started {
 pub fn start(flags: &Flags) -> containerd_shim::Result<Started> {
     let bundle = std::env::current_dir()
         .map_err(|e| containerd_shim::Error::Other(format!("cannot read the bundle dir: {e}")))?;
-    let grouping = group_of(&bundle).unwrap_or_else(|| flags.id.clone());
+    // Read once: the serving shim this process forks starts on it too.
+    let spec = Spec::load(bundle.join("config.json")).ok();
+    let grouping = spec.as_ref().and_then(group_of).unwrap_or_else(|| flags.id.clone());
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &grouping);
     // A container joining a group whose shim is up (a pod's second
     // container) is served by that shim. A shim that shuts down in between
@@ -134,7 +137,7 @@ pub fn start(flags: &Flags) -> containerd_shim::Result<Started> {
         Started::Served(address.clone())
     } else {
         match crate::serve::listen(&address)? {
-            Some(listener) => Started::Bound { address: address.clone(), listener },
+            Some(listener) => Started::Bound { address: address.clone(), listener, spec },
             // Another `start` of the group bound it first.
             None => Started::Served(address.clone()),
         }
@@ -153,9 +156,8 @@ pub fn socket_path(address: &str) -> &str {
     address.strip_prefix("unix://").unwrap_or(address)
 }
 
-/// The group this bundle's container joins, from its spec's annotations.
-fn group_of(bundle: &Path) -> Option<String> {
-    let spec = Spec::load(bundle.join("config.json")).ok()?;
+/// The group a container joins, from its spec's annotations.
+fn group_of(spec: &Spec) -> Option<String> {
     let annotations = spec.annotations().as_ref()?;
     [GROUP_ANNOTATION, RUNC_GROUP_ANNOTATION, CRI_SANDBOX_ANNOTATION]
         .iter()
