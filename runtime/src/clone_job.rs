@@ -25,11 +25,17 @@ use crate::container::ContainerError;
 use crate::executor::HybridExecutor;
 use crate::logdriver::LogOwner;
 use crate::network_ahead::ReadyNetworkNamespace;
+use crate::late_entry::LateEntry;
 use crate::ready_later::{EarlyAnswer, Made};
 use crate::stdio::StdioPaths;
 use crate::tty::ConsoleSocket;
 use crate::wasm::CompiledEntry;
 use crate::workload::Workload;
+
+/// Where a creator takes a job's compile cache entry that follows the job
+/// (late_entry.rs): opened, or None when the init is to compile the module
+/// itself; an error fails the Create.
+pub(crate) type LateEntrySource<'a> = &'a mut dyn FnMut() -> Result<Option<crate::wasm::PrecompiledEntry>, String>;
 
 /// What runs in the container's new process, and where its descriptors
 /// are among those sent with the job.
@@ -69,6 +75,9 @@ pub(crate) enum CloneJob {
         /// libcontainer's intermediate is answered before it is ready
         /// (ready_later.rs).
         ready_fd: Option<usize>,
+        /// Whether the module's compile cache entry follows the job (see
+        /// late_entry.rs): `process.compiled` is then None.
+        entry_later: bool,
     },
     /// Start an exec in a running container.
     Exec {
@@ -89,7 +98,14 @@ impl CloneJob {
     /// exec), which is this process's child until it exits; a Create with
     /// a ready pipe may answer through `early` before its init is ready,
     /// and then tells the rest on the pipe.
-    pub(crate) fn run(self, fds: Vec<OwnedFd>, ready_network: Option<ReadyNetworkNamespace>, early: &mut EarlyAnswer) -> Result<Made, String> {
+    /// A job whose entry comes later takes it from `late` (late_entry.rs).
+    pub(crate) fn run(
+        self,
+        fds: Vec<OwnedFd>,
+        ready_network: Option<ReadyNetworkNamespace>,
+        early: &mut EarlyAnswer,
+        late: LateEntrySource,
+    ) -> Result<Made, String> {
         let fd = |index: usize| fds.get(index).map(AsRawFd::as_raw_fd).ok_or_else(|| format!("descriptor {index} was not sent"));
         // A wasm init in cgroups joined here is made without libcontainer's
         // intermediate process (see direct_init.rs), as the shim decided.
@@ -104,7 +120,7 @@ impl CloneJob {
             join.run(direct_spec.is_none()).map_err(|e| e.to_string())?;
         }
         match self {
-            CloneJob::Create { id, bundle, state_root, process, http_port, guest_report_fd, own_join: _, direct_init: _, ready_fd } => {
+            CloneJob::Create { id, bundle, state_root, process, http_port, guest_report_fd, own_join: _, direct_init: _, ready_fd, entry_later } => {
                 let mut executor = process.executor().with_http_port(http_port).waiting_for_start();
                 if let Some(index) = guest_report_fd {
                     executor = executor.with_guest_report(fd(index)?);
@@ -115,7 +131,8 @@ impl CloneJob {
                         let stdio = crate::direct_init::InitStdio { stdin: fd(stdin)?, stdout: fd(stdout)?, stderr: fd(stderr)? };
                         let answer_early = ready_fd.map(|fd| (fd, &mut *early));
                         let executor = executor.answered_before_ready(answer_early.as_ref().is_some_and(|(_, early)| early.possible()));
-                        let made = crate::direct_init::create(&id, &bundle, &state_root, spec, executor, stdio, ready_network, answer_early);
+                        let late = entry_later.then_some(&mut *late);
+                        let made = crate::direct_init::create(&id, &bundle, &state_root, spec, executor, stdio, ready_network, answer_early, late);
                         match made {
                             Ok(container) => container,
                             Err(e) => return Err(report_after_answer(early, ready_fd, e)),
@@ -174,14 +191,28 @@ impl CloneJob {
     /// or, in a process without one (the `hybrid` command, a shim run with
     /// HYBRID_SPAWNER=off) or whose spawner is gone (killed), in a forked
     /// copy of this process.
-    pub(crate) fn run_cleanly(self, fds: Vec<OwnedFd>) -> Result<Made, String> {
+    /// A job whose entry comes later (late_entry.rs) gets it from `late`:
+    /// the spawner's creator after the job, a forked copy with it.
+    pub(crate) fn run_cleanly(mut self, fds: Vec<OwnedFd>, mut late: Option<&mut dyn FnMut() -> LateEntry>) -> Result<Made, String> {
         if crate::spawner::available() {
-            match crate::spawner::run(&self, &fds) {
+            match crate::spawner::run(&self, &fds, &mut late) {
                 Ok(answer) => return answer,
                 Err(e) => tracing::warn!("{e}: the job runs in a forked copy of this process"),
             }
         }
-        crate::fork_guard::in_forked_copy(move || self.run(fds, None, &mut EarlyAnswer::none()))
+        if let CloneJob::Create { process, entry_later, .. } = &mut self {
+            if let Some(late) = late.as_mut().filter(|_| *entry_later) {
+                process.compiled = Some(late().0?);
+                *entry_later = false;
+            }
+        }
+        let mut no_late_entry = || Err("no compile cache entry follows this job".to_string());
+        crate::fork_guard::in_forked_copy(move || self.run(fds, None, &mut EarlyAnswer::none(), &mut no_late_entry))
+    }
+
+    /// Whether a message with the module's entry follows this job.
+    pub(crate) fn entry_later(&self) -> bool {
+        matches!(self, CloneJob::Create { entry_later: true, .. })
     }
 }
 

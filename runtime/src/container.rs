@@ -15,9 +15,7 @@ use crate::guest_report::{GuestReport, GuestReportPipe};
 use crate::held_namespace::HeldMountNamespace;
 use crate::ready_later::{AfterReady, Readiness, ReadyPipe};
 use crate::clone_job::{CloneJob, JobProcess};
-use crate::compile_cache::CompileCache;
-use crate::wasm;
-use crate::workload::read_entrypoint;
+use crate::late_entry::LateEntry;
 use crate::stdio::{HeldFifos, StdioError, StdioPaths};
 use crate::limits::WasmMemoryLimit;
 use crate::logdriver::LogOwner;
@@ -25,9 +23,11 @@ use crate::tty::Console;
 use crate::workload::Workload;
 
 mod cgroups;
+mod module_check;
 
 pub use cgroups::{CgroupWarmup, LearnedCgroups};
 use cgroups::{OwnLimits, SetupDone, Teardown};
+use module_check::ModuleCheck;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -204,26 +204,23 @@ impl HybridContainer {
                 None
             }
         };
-        // Compile before the container exists: a bad module fails Create,
-        // and the cache makes every later start load machine code only.
-        let compiled = if workload.kind.is_wasm() {
-            // A bad preopens annotation fails Create, not the guest's start.
+        // Checked and compiled before the container's process may run: a bad
+        // module fails Create, and the cache makes every later start load
+        // machine code only.
+        let module_check = workload.kind.is_wasm().then(|| {
             let cwd = view.spec.as_ref().and_then(|s| s.process().as_ref()).map(|p| p.cwd().clone()).unwrap_or_default();
             let root = view.spec.as_ref().map(crate::preopens::RootView::from_spec).unwrap_or_default();
-            crate::preopens::preopens_for(&cwd, &view.annotations, &root).map_err(crate::wasm::WasmError::from)?;
-            let module = read_entrypoint(&config.rootfs, &workload)?;
-            Some(wasm::precompile(&workload.entrypoint, &module, &CompileCache::from_env())?.0)
-        } else {
-            None
-        };
-        let mut container = Self::make(config, workload, image_port, compiled, view, manager_ahead)?;
+            ModuleCheck::new(config.rootfs.clone(), workload.clone(), cwd, view.annotations.clone(), root)
+        });
+        let mut container = Self::make(config, workload, image_port, module_check, view, manager_ahead)?;
         // Held from here: the process runs only once started.
         container.held_fifos = config.stdio.hold_output_fifos();
         Ok(container)
     }
 
-    /// Make the container: its module (if wasm) already compiled into the
-    /// cache entry `compiled`. What needs this process (stdio, the
+    /// Make the container, checking its module (if wasm) with
+    /// `module_check`: before the job, or while the creator makes an init
+    /// of its own (late_entry.rs). What needs this process (stdio, the
     /// terminal's socket, the out-of-memory pipe) is made here;
     /// libcontainer's part runs as a job (clone_job.rs), and the container
     /// is loaded from the state it left.
@@ -233,7 +230,7 @@ impl HybridContainer {
         config: &ContainerConfig,
         workload: Workload,
         image_port: Option<u16>,
-        compiled: Option<wasm::CompiledEntry>,
+        module_check: Option<ModuleCheck>,
         view: SpecView,
         manager_ahead: Option<crate::cgroup_join::ManagerAhead>,
     ) -> Result<Self, ContainerError> {
@@ -264,6 +261,14 @@ impl HybridContainer {
         let http_port = match workload.kind {
             crate::workload::WorkloadKind::WasmComponent => crate::http::http_port(&annotations, image_port)?,
             _ => crate::http::DEFAULT_HTTP_PORT,
+        };
+        // The entry comes after the job where the creator makes the init
+        // itself; a forked copy of this process (no spawner) gets it with
+        // the job.
+        let entry_later = direct_init && module_check.is_some() && crate::spawner::available();
+        let compiled = match (&module_check, entry_later) {
+            (Some(check), false) => Some(check.run()?),
+            _ => None,
         };
         let mut fds: Vec<OwnedFd> = Vec::new();
         // A wasm guest reports its end (its exit code, whether it ran out
@@ -311,14 +316,36 @@ impl HybridContainer {
             own_join: prepared.as_ref().map(|(join, _)| join.clone()),
             direct_init,
             ready_fd: ready_pipe.as_ref().map(|(_, index)| *index),
+            entry_later,
         };
-        let made = match job.run_cleanly(fds) {
-            Ok(made) => made,
-            Err(message) => {
+        // The module's check, while the creator works: its failure is this
+        // Create's (the creator kills the init it made).
+        let mut check_failed = None;
+        let mut late_entry = || match module_check.as_ref().map(ModuleCheck::run) {
+            Some(Ok(entry)) => LateEntry(Ok(entry)),
+            Some(Err(e)) => {
+                let message = e.to_string();
+                check_failed = Some(e);
+                LateEntry(Err(message))
+            }
+            None => LateEntry(Err("no module to check".to_string())),
+        };
+        let ran = job.run_cleanly(fds, entry_later.then_some(&mut late_entry as &mut dyn FnMut() -> LateEntry));
+        let made = match (ran, check_failed) {
+            (Ok(made), None) => made,
+            (ran, failed) => {
+                // A creator answers no init once the check failed; should
+                // one come, it goes.
+                if let Ok(made) = &ran {
+                    if made.pid > 0 {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(made.pid), Signal::SIGKILL);
+                    }
+                }
                 if let Some((_, pending)) = prepared {
                     pending.abandon();
                 }
-                return Err(ContainerError::Job { id: id.clone(), action: "create", message });
+                let job_failed = |message| ContainerError::Job { id: id.clone(), action: "create", message };
+                return Err(failed.unwrap_or_else(|| job_failed(ran.err().unwrap_or_default())));
             }
         };
         let mut container = match Self::load(&config.state_root, &id) {

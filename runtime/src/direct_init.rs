@@ -21,7 +21,7 @@
 //! RDT, an AppArmor profile or idmapped mounts, or a container with a
 //! terminal, goes through libcontainer's builder.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -33,6 +33,7 @@ use libcontainer::process::channel;
 use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+use crate::clone_job::LateEntrySource;
 use crate::executor::HybridExecutor;
 use crate::network_ahead::ReadyNetworkNamespace;
 use crate::ready_later::EarlyAnswer;
@@ -94,7 +95,9 @@ pub(crate) fn applies_to(spec: &Spec) -> bool {
 /// With `answer_early` (the ready pipe's write end and how to answer), the
 /// init's pid is answered as soon as its state is saved, before it is
 /// ready (ready_later.rs); a failure after that leaves the state and the
-/// killed init to the shim, which has the container.
+/// killed init to the shim, which has the container. With `late`, the
+/// module's compile cache entry is taken from there once the init is
+/// forked, and passed on to it (late_entry.rs); the answer waits for it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn create(
     id: &str,
@@ -105,6 +108,7 @@ pub(crate) fn create(
     stdio: InitStdio,
     ready_network: Option<ReadyNetworkNamespace>,
     mut answer_early: Option<(RawFd, &mut EarlyAnswer)>,
+    late: Option<LateEntrySource>,
 ) -> Result<Container, String> {
     libcontainer::validator::Validator::validate_spec(&spec).map_err(|e| format!("invalid spec: {e}"))?;
     spec.canonicalize_rootfs(bundle).map_err(|e| format!("bundle {bundle:?}: {e}"))?;
@@ -113,7 +117,7 @@ pub(crate) fn create(
         return Err(format!("container {id} already exists in {state_root:?}"));
     }
     std::fs::create_dir_all(&container_dir).map_err(|e| format!("cannot create {container_dir:?}: {e}"))?;
-    let made = make_init(id, bundle, &container_dir, spec, executor, stdio, ready_network, answer_early.as_mut().map(|(fd, early)| (*fd, &mut **early)));
+    let made = make_init(id, bundle, &container_dir, spec, executor, stdio, ready_network, answer_early.as_mut().map(|(fd, early)| (*fd, &mut **early)), late);
     let answered = answer_early.is_some_and(|(_, early)| early.sent());
     if made.is_err() && !answered {
         let _ = std::fs::remove_dir_all(&container_dir);
@@ -131,6 +135,7 @@ fn make_init(
     stdio: InitStdio,
     ready_network: Option<ReadyNetworkNamespace>,
     mut answer_early: Option<(RawFd, &mut EarlyAnswer)>,
+    late: Option<LateEntrySource>,
 ) -> Result<Container, String> {
     fn failed(what: &'static str) -> impl Fn(String) -> String {
         move |e| format!("{what}: {e}")
@@ -173,6 +178,15 @@ fn make_init(
             tracing::debug!(id = %id, "the init makes its network namespace: {e}");
         }
     }
+    // The entry's way to the init, when it comes after the fork.
+    let entry_pair = match late.is_some() {
+        true => Some(crate::late_entry::pair().map_err(|e| format!("cannot make the compile cache entry's socket: {e}"))?),
+        false => None,
+    };
+    let executor = match &entry_pair {
+        Some((_, init_end)) => executor.with_entry_from(init_end.as_raw_fd()),
+        None => executor,
+    };
     let args = ContainerArgs {
         container_type: ContainerType::InitContainer,
         syscall: SyscallType::Linux,
@@ -216,6 +230,11 @@ fn make_init(
                 // process uses.
                 unsafe { libc::close(*ready_fd) };
             }
+            if let Some((creator_end, _)) = &entry_pair {
+                // SAFETY: the creator's end, which nothing in this process
+                // uses; the process ends with exit, which drops nothing.
+                unsafe { libc::close(creator_end.as_raw_fd()) };
+            }
             let _ = main_receiver.close();
             let _ = init_sender.close();
             let code = match libcontainer::process::init::container_init_process(&args, &mut main_sender, &mut init_receiver) {
@@ -237,6 +256,21 @@ fn make_init(
     let _ = main_sender.close();
     let _ = init_receiver.close();
     let _ = init_sender.close();
+    let kill = || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    // The entry, while the init sets itself up; a module the shim could not
+    // check fails the Create here, before any answer.
+    if let (Some(late), Some((creator_end, init_end))) = (late, entry_pair) {
+        drop(init_end);
+        let passed = late().and_then(|entry| {
+            crate::late_entry::send_to_init(&creator_end, entry.as_ref())
+                .map_err(|e| format!("cannot pass the compile cache entry to the container's init: {e}"))
+        });
+        if let Err(e) = passed {
+            let _ = kill();
+            let _ = nix::sys::wait::waitpid(pid, None);
+            return Err(e);
+        }
+    }
     // Saved as libcontainer's builder saves it once the init is ready;
     // before, when the answer goes now: Start waits for the readiness.
     let save = |container: &mut Container| {
@@ -248,7 +282,6 @@ fn make_init(
             .map_err(|e| e.to_string())
             .map_err(failed("container state"))
     };
-    let kill = || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     if let Some((_, early)) = answer_early.as_mut().filter(|(_, early)| early.possible()) {
         if let Err(e) = save(&mut container) {
             let _ = kill();

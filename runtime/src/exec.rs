@@ -120,7 +120,7 @@ impl HybridContainer {
             own_join,
         };
         let job_err = |message| ContainerError::Job { id: id.clone(), action: "exec", message };
-        let pid = nix::unistd::Pid::from_raw(job.run_cleanly(fds).map_err(job_err)?.pid);
+        let pid = nix::unistd::Pid::from_raw(job.run_cleanly(fds, None).map_err(job_err)?.pid);
         let console = match console_socket {
             // The process runs already; if its terminal cannot be had, it is
             // killed rather than left without stdio.

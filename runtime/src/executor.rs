@@ -41,6 +41,10 @@ pub struct HybridExecutor {
     /// Its creator answered the shim before it was ready (ready_later.rs):
     /// the preparation need not wait for the creator to be done.
     answered_before_ready: bool,
+    /// Where the compile cache entry comes from after the fork, when it
+    /// was not there before it (late_entry.rs): the init's end of a socket
+    /// pair from its creator.
+    entry_from: Option<RawFd>,
 }
 
 impl HybridExecutor {
@@ -53,6 +57,7 @@ impl HybridExecutor {
             http_port: crate::http::DEFAULT_HTTP_PORT,
             waits_for_start: false,
             answered_before_ready: false,
+            entry_from: None,
         }
     }
 
@@ -75,6 +80,12 @@ impl HybridExecutor {
 
     pub fn with_memory_limit(mut self, limit: Option<i64>) -> Self {
         self.memory_limit = limit;
+        self
+    }
+
+    /// For an init whose compile cache entry comes on `fd` (late_entry.rs).
+    pub(crate) fn with_entry_from(mut self, fd: RawFd) -> Self {
+        self.entry_from = Some(fd);
         self
     }
 
@@ -111,9 +122,15 @@ impl Executor for HybridExecutor {
             // is confined now and waits for Start next: it loads the
             // program meanwhile (see start_ahead.rs). An exec runs at once,
             // and its creator waits for it to let go of what it inherited.
+            if let Some(fd) = self.entry_from {
+                // Passed on by the creator long before this point (the
+                // init's setup takes milliseconds, the check of the module
+                // less than one).
+                crate::late_entry::receive_in_init(fd).map_err(ExecutorValidationError::ArgValidationError)?;
+            }
             if self.waits_for_start {
                 let after_creator = !self.answered_before_ready;
-                crate::start_ahead::begin(&self.workload, self.precompiled.as_ref(), &self.kept_fds(), after_creator);
+                crate::start_ahead::begin(&self.workload, self.precompiled(), &self.kept_fds(), after_creator);
             }
             Ok(())
         } else {
@@ -153,11 +170,17 @@ impl HybridExecutor {
         let _ = crate::fds::stdio_to_dev_null();
     }
 
+    /// The module's compile cache entry: opened by the creator before the
+    /// fork, or received after it.
+    fn precompiled(&self) -> Option<&PrecompiledEntry> {
+        self.precompiled.as_ref().or_else(|| crate::late_entry::received())
+    }
+
     /// The descriptors a wasm process keeps when it lets go of what it
     /// inherited: the OOM pipe, the compile cache entry, and a shim's
     /// runtime's (see fds::keep_in_clones).
     fn kept_fds(&self) -> Vec<RawFd> {
-        let entry_fd = self.precompiled.as_ref().map(|entry| entry.file.as_raw_fd());
+        let entry_fd = self.precompiled().map(|entry| entry.file.as_raw_fd());
         [self.guest_report_fd, entry_fd].into_iter().flatten().chain(crate::fds::kept_in_clones().iter().copied()).collect()
     }
 }
@@ -287,7 +310,7 @@ fn run_wasm_in_container(
             crate::guest_mounts::blank_host_environment();
             close_cloexec_fds(&executor.kept_fds());
             drop_capabilities_as_exec_would();
-            crate::start_ahead::prepare(&workload.entrypoint, executor.precompiled.as_ref(), may_serve_http)?
+            crate::start_ahead::prepare(&workload.entrypoint, executor.precompiled(), may_serve_http)?
         }
     };
     name_process_after(&workload.entrypoint);

@@ -21,6 +21,7 @@ mod ready_later;
 pub mod oneshot;
 pub mod executor;
 pub mod fds;
+mod late_entry;
 pub mod first_cgroups;
 pub mod fork_guard;
 pub mod guest_mounts;

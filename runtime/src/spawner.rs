@@ -32,6 +32,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::{fork, ForkResult};
 
 use crate::clone_job::CloneJob;
+use crate::late_entry::LateEntry;
 use crate::network_ahead::ReadyNetworkNamespace;
 use crate::ready_later::{EarlyAnswer, Made};
 
@@ -93,8 +94,10 @@ pub(crate) fn available() -> bool {
 
 /// Run `job` in a creator of the spawner, with `fds` (the descriptors
 /// its indices name), and return its answer; or say why the job could not
-/// be sent (then nothing of it ran: the caller may run it elsewhere).
-pub(crate) fn run(job: &CloneJob, fds: &[OwnedFd]) -> Result<Answer, String> {
+/// be sent (then nothing of it ran, and `late` was not called: the caller
+/// may run it elsewhere). A job whose entry comes later (late_entry.rs)
+/// is followed by what `late` gives, made while the creator works.
+pub(crate) fn run(job: &CloneJob, fds: &[OwnedFd], late: &mut Option<&mut dyn FnMut() -> LateEntry>) -> Result<Answer, String> {
     let socket = SPAWNER.get().ok_or_else(|| "no spawner".to_string())?;
     let bytes = serde_json::to_vec(job).map_err(|e| format!("cannot encode the job: {e}"))?;
     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
@@ -104,6 +107,16 @@ pub(crate) fn run(job: &CloneJob, fds: &[OwnedFd]) -> Result<Answer, String> {
     let socket = socket.lock().unwrap_or_else(|p| p.into_inner());
     sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&bytes)], cmsgs, MsgFlags::MSG_NOSIGNAL, None)
         .map_err(|e| format!("cannot send the job to the spawner: {e}"))?;
+    if let Some(late) = late.as_mut().filter(|_| job.entry_later()) {
+        let entry = late();
+        let sent = serde_json::to_vec(&entry).map_err(|e| e.to_string()).and_then(|bytes| {
+            sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&bytes)], &[], MsgFlags::MSG_NOSIGNAL, None).map_err(|e| e.to_string())
+        });
+        if let Err(e) = sent {
+            // The creator, which has the job, fails it without the entry.
+            return Ok(Err(format!("cannot send the compile cache entry to the spawner: {e}")));
+        }
+    }
     let answer = receive(socket.as_raw_fd()).map_err(|e| format!("no answer from the spawner: {e}"));
     drop(socket);
     Ok(answer.and_then(|(answer, _)| {
@@ -221,11 +234,27 @@ fn create(socket: &OwnedFd, ahead: bool, ready_network: Option<ReadyNetworkNames
     let mut sent_early = None;
     let mut send_early = |made: Made| sent_early = Some(send(&Ok(made)));
     let mut early = EarlyAnswer::new(&mut send_early);
-    let answer: Answer = match serde_json::from_slice::<CloneJob>(&job) {
-        Ok(job) => job.run(fds, ready_network, &mut early),
+    // A job whose entry follows it takes it from the socket (late_entry.rs).
+    let entry_taken = std::cell::Cell::new(false);
+    let mut late = || {
+        entry_taken.set(true);
+        let (bytes, _) = receive(socket.as_raw_fd()).map_err(|e| format!("no compile cache entry from the shim: {e}"))?;
+        let LateEntry(entry) = serde_json::from_slice(&bytes).map_err(|e| format!("bad compile cache entry: {e}"))?;
+        // One that cannot be opened is logged; the init compiles the module.
+        Ok(entry?.open())
+    };
+    let job = serde_json::from_slice::<CloneJob>(&job);
+    let entry_later = job.as_ref().is_ok_and(CloneJob::entry_later);
+    let answer: Answer = match job {
+        Ok(job) => job.run(fds, ready_network, &mut early, &mut late),
         Err(e) => Err(format!("bad job: {e}")),
     };
     drop(early);
+    // Taken from the socket even when the job failed before it needed the
+    // entry: the next creator takes the next job from there.
+    if entry_later && !entry_taken.get() {
+        let _ = receive(socket.as_raw_fd());
+    }
     let sent = sent_early.unwrap_or_else(|| send(&answer));
     // The container lives on; nothing of this process is needed
     // (no destructor may delete what was just made).
