@@ -261,9 +261,12 @@ fn make_init(
     // check fails the Create here, before any answer.
     if let (Some(late), Some((creator_end, init_end))) = (late, entry_pair) {
         drop(init_end);
-        let passed = late().and_then(|entry| {
-            crate::late_entry::send_to_init(&creator_end, entry.as_ref())
-                .map_err(|e| format!("cannot pass the compile cache entry to the container's init: {e}"))
+        let passed = late().and_then(|entry| match crate::late_entry::send_to_init(&creator_end, entry.as_ref()) {
+            Ok(()) => Ok(()),
+            // The init is gone already: its setup failed, and says why on
+            // libcontainer's channel (below), as it would without this.
+            Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET) => Ok(()),
+            Err(e) => Err(format!("cannot pass the compile cache entry to the container's init: {e}")),
         });
         if let Err(e) = passed {
             let _ = kill();
