@@ -285,7 +285,13 @@ fn make_init(
             .map_err(|e| e.to_string())
             .map_err(failed("container state"))
     };
-    if let Some((_, early)) = answer_early.as_mut().filter(|(_, early)| early.possible()) {
+    // An init whose setup failed already (while the entry came) is not
+    // answered: its failure is this Create's. Answered, it would be reaped
+    // by the shim as this process exits, before the shim knows its pid.
+    // Looked at without reaping it: its pid stays its own until waited for.
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let gone = !matches!(waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT), Ok(WaitStatus::StillAlive));
+    if let Some((_, early)) = answer_early.as_mut().filter(|(_, early)| early.possible() && !gone) {
         if let Err(e) = save(&mut container) {
             let _ = kill();
             let _ = nix::sys::wait::waitpid(pid, None);

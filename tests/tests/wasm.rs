@@ -399,9 +399,10 @@ fn a_create_refused_after_its_cgroups_were_made_leaves_none() {
 }
 
 #[test]
-fn a_setup_that_fails_after_create_answered_fails_the_run_and_leaves_nothing() {
+fn a_setup_the_kernel_refuses_fails_the_run_naming_it_and_leaves_nothing() {
     // Create answers once the init is forked; its setup (here a tmpfs the
-    // kernel refuses) fails after that, and Start says why.
+    // kernel refuses) fails after that, and Start says why, or, when it
+    // failed before the answer could go, Create does.
     let env = env();
     let id = unique_id("badtmpfs");
     let mount = "type=tmpfs,src=tmpfs,dst=/data,options=size=nonsense";
