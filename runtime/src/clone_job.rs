@@ -126,7 +126,7 @@ impl CloneJob {
                     executor = executor.with_guest_report(fd(index)?);
                 }
                 let ready_fd = ready_fd.map(fd).transpose()?;
-                let mut container = match (direct_spec, process.stdio) {
+                let (mut container, proc_covered) = match (direct_spec, process.stdio) {
                     (Some(spec), Some([stdin, stdout, stderr])) => {
                         let stdio = crate::direct_init::InitStdio { stdin: fd(stdin)?, stdout: fd(stdout)?, stderr: fd(stderr)? };
                         let answer_early = ready_fd.map(|fd| (fd, &mut *early));
@@ -134,7 +134,7 @@ impl CloneJob {
                         let late = entry_later.then_some(&mut *late);
                         let made = crate::direct_init::create(&id, &bundle, &state_root, spec, executor, stdio, ready_network, answer_early, late);
                         match made {
-                            Ok(container) => container,
+                            Ok(made) => (made.container, Some(made.proc_covered)),
                             Err(e) => return Err(report_after_answer(early, ready_fd, e)),
                         }
                     }
@@ -142,7 +142,8 @@ impl CloneJob {
                         // Not for libcontainer's clones to inherit.
                         drop(ready_network);
                         let builder = process.builder(&id, &state_root, executor, &fds)?;
-                        builder.as_init(&bundle).with_systemd(false).with_detach(true).build().map_err(|e| e.to_string())?
+                        let container = builder.as_init(&bundle).with_systemd(false).with_detach(true).build().map_err(|e| e.to_string())?;
+                        (container, None)
                     }
                 };
                 // The last thing this process does: it leaves the host's
@@ -155,13 +156,13 @@ impl CloneJob {
                     }
                     Ok(pid)
                 });
+                // Its guest may run now (the init made here waits for this).
+                if let (Ok(_), Some(covered)) = (&made, proc_covered) {
+                    crate::guest_mounts::tell_covered(covered);
+                }
                 match made {
-                    Ok(pid) if early.sent() => {
-                        if let Some(ready_fd) = ready_fd {
-                            crate::ready_later::report(ready_fd, Ok(()));
-                        }
-                        Ok(Made { pid, ready_later: true })
-                    }
+                    // That init has told its readiness itself.
+                    Ok(pid) if early.sent() => Ok(Made { pid, ready_later: true }),
                     Ok(pid) => Ok(Made::ready(pid)),
                     Err(e) if early.sent() => {
                         // The shim has the container: it is left for its

@@ -21,7 +21,7 @@
 //! RDT, an AppArmor profile or idmapped mounts, or a container with a
 //! terminal, goes through libcontainer's builder.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -37,6 +37,14 @@ use crate::clone_job::LateEntrySource;
 use crate::executor::HybridExecutor;
 use crate::network_ahead::ReadyNetworkNamespace;
 use crate::ready_later::EarlyAnswer;
+
+/// An init made here: its container, and the write end of the pipe on
+/// which its guest waits to hear that /proc is covered
+/// (guest_mounts::covered_pipe).
+pub(crate) struct MadeInit {
+    pub container: Container,
+    pub proc_covered: OwnedFd,
+}
 
 /// The container's standard streams, as descriptors of the creator.
 pub(crate) struct InitStdio {
@@ -109,7 +117,7 @@ pub(crate) fn create(
     ready_network: Option<ReadyNetworkNamespace>,
     mut answer_early: Option<(RawFd, &mut EarlyAnswer)>,
     late: Option<LateEntrySource>,
-) -> Result<Container, String> {
+) -> Result<MadeInit, String> {
     libcontainer::validator::Validator::validate_spec(&spec).map_err(|e| format!("invalid spec: {e}"))?;
     spec.canonicalize_rootfs(bundle).map_err(|e| format!("bundle {bundle:?}: {e}"))?;
     let container_dir = state_root.join(id);
@@ -136,7 +144,7 @@ fn make_init(
     ready_network: Option<ReadyNetworkNamespace>,
     mut answer_early: Option<(RawFd, &mut EarlyAnswer)>,
     late: Option<LateEntrySource>,
-) -> Result<Container, String> {
+) -> Result<MadeInit, String> {
     fn failed(what: &'static str) -> impl Fn(String) -> String {
         move |e| format!("{what}: {e}")
     }
@@ -187,6 +195,15 @@ fn make_init(
         Some((_, init_end)) => executor.with_entry_from(init_end.as_raw_fd()),
         None => executor,
     };
+    // The guest waits to hear that /proc is covered; the init tells its
+    // readiness itself where the answer goes before it.
+    let (covered_read, proc_covered) = crate::guest_mounts::covered_pipe().map_err(|e| format!("cannot make the pipe for /proc's cover: {e}"))?;
+    let executor = executor.with_proc_covered_on(covered_read.as_raw_fd());
+    let init_reports = answer_early.as_ref().is_some_and(|(_, early)| early.possible());
+    let executor = match (&answer_early, init_reports) {
+        (Some((ready_fd, _)), true) => executor.tells_readiness_on(*ready_fd),
+        _ => executor,
+    };
     let args = ContainerArgs {
         container_type: ContainerType::InitContainer,
         syscall: SyscallType::Linux,
@@ -224,12 +241,16 @@ fn make_init(
             // SAFETY: PR_SET_NAME reads the NUL-terminated name (at most
             // 16 bytes) and touches nothing else.
             unsafe { libc::prctl(libc::PR_SET_NAME, c"youki:[2:INIT]".as_ptr(), 0, 0, 0) };
-            // The ready pipe ends when the creator does, not the container.
-            if let Some((ready_fd, _)) = &answer_early {
+            // The ready pipe ends when the creator does, not the container,
+            // unless the init tells its readiness itself.
+            if let Some((ready_fd, _)) = answer_early.as_ref().filter(|_| !init_reports) {
                 // SAFETY: the job's descriptor, which nothing in this
                 // process uses.
                 unsafe { libc::close(*ready_fd) };
             }
+            // SAFETY: the creator's end of the pipe, which nothing in this
+            // process uses; the process ends with exit, which drops nothing.
+            unsafe { libc::close(proc_covered.as_raw_fd()) };
             if let Some((creator_end, _)) = &entry_pair {
                 // SAFETY: the creator's end, which nothing in this process
                 // uses; the process ends with exit, which drops nothing.
@@ -256,6 +277,7 @@ fn make_init(
     let _ = main_sender.close();
     let _ = init_receiver.close();
     let _ = init_sender.close();
+    drop(covered_read);
     let kill = || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     // The entry, while the init sets itself up; a module the shim could not
     // check fails the Create here, before any answer.
@@ -314,7 +336,7 @@ fn make_init(
     if !answered {
         save(&mut container)?;
     }
-    Ok(container)
+    Ok(MadeInit { container, proc_covered })
 }
 
 /// `error` and each of its sources, joined by ": ".

@@ -45,6 +45,12 @@ pub struct HybridExecutor {
     /// was not there before it (late_entry.rs): the init's end of a socket
     /// pair from its creator.
     entry_from: Option<RawFd>,
+    /// The ready pipe's write end, where an init whose creator answered
+    /// early tells its readiness itself (ready_later.rs).
+    ready_report: Option<RawFd>,
+    /// Where the creator says the init's /proc is covered
+    /// (guest_mounts::covered_pipe): the guest waits for it.
+    proc_covered: Option<RawFd>,
 }
 
 impl HybridExecutor {
@@ -58,6 +64,8 @@ impl HybridExecutor {
             waits_for_start: false,
             answered_before_ready: false,
             entry_from: None,
+            ready_report: None,
+            proc_covered: None,
         }
     }
 
@@ -89,6 +97,19 @@ impl HybridExecutor {
         self
     }
 
+    /// For an init that tells its readiness on `fd` itself.
+    pub(crate) fn tells_readiness_on(mut self, fd: RawFd) -> Self {
+        self.ready_report = Some(fd);
+        self
+    }
+
+    /// For an init whose guest waits for its creator's word on `fd` that
+    /// /proc is covered.
+    pub(crate) fn with_proc_covered_on(mut self, fd: RawFd) -> Self {
+        self.proc_covered = Some(fd);
+        self
+    }
+
     pub fn with_guest_report(mut self, fd: RawFd) -> Self {
         self.guest_report_fd = Some(fd);
         self
@@ -104,6 +125,12 @@ impl Executor for HybridExecutor {
         // (see close_cloexec_fds); this process's events would only print
         // write errors onto the guest's stderr.
         let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+        if let Some(fd) = self.proc_covered {
+            crate::guest_mounts::wait_until_covered(fd).map_err(|e| {
+                eprintln!("hybrid: {e}");
+                ExecutorError::Other(e)
+            })?;
+        }
         let exit = run_wasm_in_container(spec, self)
             .map_err(|e| {
                 // Nothing would show it otherwise: libcontainer ends the
@@ -127,6 +154,16 @@ impl Executor for HybridExecutor {
                 // init's setup takes milliseconds, the check of the module
                 // less than one).
                 crate::late_entry::receive_in_init(fd).map_err(ExecutorValidationError::ArgValidationError)?;
+            }
+            // Confined and checked: what is left before Start is this
+            // process's own (its creator covers /proc meanwhile, and the
+            // guest waits for that, see exec). Told here, the shim's Start
+            // need not wait for the creator to hear it and tell.
+            if let Some(fd) = self.ready_report {
+                crate::ready_later::report(fd, Ok(()));
+                // SAFETY: the ready pipe's write end, inherited through
+                // the fork; nothing else in this process uses it.
+                unsafe { libc::close(fd) };
             }
             if self.waits_for_start {
                 let after_creator = !self.answered_before_ready;

@@ -16,6 +16,7 @@
 //! mounts, tmpfs, volumes and /dev stay where the spec puts them. A native
 //! `exec` into a wasm container sees no /proc or /sys either.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
@@ -134,6 +135,37 @@ pub fn hide_proc(pid: i32) -> Result<(), String> {
     }
 }
 
+/// The creator's word to the init that its /proc is covered: a pipe made
+/// before the init's fork, its read end the init's, its write end the
+/// creator's. The init tells its readiness itself (the shim's Start goes
+/// on at once) and waits for this word only before its guest runs, while
+/// the creator covers /proc beside Start's own work ([`hide_proc`]).
+pub(crate) fn covered_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+}
+
+/// In the creator: /proc is covered (the write end goes with it).
+pub(crate) fn tell_covered(write_end: OwnedFd) {
+    let _ = nix::unistd::write(&write_end, &[1]);
+}
+
+/// In the init: wait for the creator's word on the read end `fd` (closed
+/// then); without it (the creator ended first) the guest must not run.
+pub(crate) fn wait_until_covered(fd: RawFd) -> Result<(), String> {
+    // SAFETY: `fd` is the init's read end of the pipe, inherited through
+    // the fork and used by nothing else; it is owned (and closed) here.
+    let read_end = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut word = [0u8; 1];
+    loop {
+        match nix::unistd::read(read_end.as_raw_fd(), &mut word) {
+            Ok(1) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => return Err("the container's /proc was not covered: its creator ended first".to_string()),
+            Err(e) => return Err(format!("cannot learn whether the container's /proc is covered: {e}")),
+        }
+    }
+}
+
 /// Blank this process's environment block, the one /proc/PID/environ
 /// shows. A wasm process never execs: that block is still the shim's
 /// environment, inherited through its clones, and where /proc stays (a
@@ -161,6 +193,21 @@ pub fn blank_host_environment() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guest_runs_once_its_creator_says_proc_is_covered() {
+        let (read_end, write_end) = covered_pipe().expect("pipe");
+        tell_covered(write_end);
+        assert_eq!(wait_until_covered(std::os::fd::IntoRawFd::into_raw_fd(read_end)), Ok(()));
+    }
+
+    #[test]
+    fn a_creator_gone_without_the_word_stops_the_guest() {
+        let (read_end, write_end) = covered_pipe().expect("pipe");
+        drop(write_end);
+        let err = wait_until_covered(std::os::fd::IntoRawFd::into_raw_fd(read_end)).expect_err("no word");
+        assert!(err.contains("not covered"), "{err}");
+    }
     use oci_spec::runtime::{LinuxBuilder, MountBuilder, SpecBuilder};
 
     fn mount(dest: &str, typ: &str) -> oci_spec::runtime::Mount {

@@ -6,11 +6,13 @@
 //! Create's answer and Start. runc's create (and libcontainer's builder)
 //! makes the two wait for each other. Here the creator answers the
 //! init's pid as soon as the init is forked and its state saved
-//! ([`EarlyAnswer`]), and tells of the init's readiness later on a pipe
-//! the shim made ([`ReadyPipe`]): the setup runs while containerd carries
-//! the answer back and asks for Start. Start waits on the pipe and applies
-//! the container's limits once the init is ready ([`Readiness`]), so the
-//! guest never runs before its limits hold and its /proc is covered.
+//! ([`EarlyAnswer`]); the init tells its readiness later on a pipe the
+//! shim made ([`ReadyPipe`]), itself, once confined (executor.rs), and the
+//! creator tells a failure: the setup runs while containerd carries the
+//! answer back and asks for Start. Start waits on the pipe and applies the
+//! container's limits once the init is ready ([`Readiness`]), so the guest
+//! never runs before its limits hold; it also waits for its creator's word
+//! that its /proc is covered (guest_mounts::covered_pipe).
 //!
 //! What changes for the operator: a setup that fails after the answer (a
 //! tmpfs or a limit the kernel refuses) fails Start instead of Create, with
@@ -117,12 +119,18 @@ impl ReadyPipe {
         if n == 0 {
             return Err("the container's creator ended before its init was ready".to_string());
         }
-        serde_json::from_slice::<Result<(), String>>(&buf[..n]).map_err(|e| format!("bad readiness report: {e}"))?
+        // The init tells its readiness itself (executor.rs); its creator
+        // may tell a failure after it (the /proc it could not cover): a
+        // failure told wins.
+        let mut told = serde_json::Deserializer::from_slice(&buf[..n]).into_iter::<Result<(), String>>();
+        let first = told.next().ok_or("an empty readiness report")?.map_err(|e| format!("bad readiness report: {e}"))?;
+        told.flatten().find(Result::is_err).unwrap_or(first)
     }
 }
 
-/// In the creator: tell the shim on the ready pipe's write end `fd` how the
-/// init's setup ended. One write, so that the report arrives whole.
+/// In the creator or the init: tell the shim on the ready pipe's write end
+/// `fd` how the init's setup ended. One write, so that the report arrives
+/// whole.
 pub(crate) fn report(fd: RawFd, status: Result<(), String>) {
     let status = status.map_err(|mut message| {
         if message.len() > MAX_REPORT {
@@ -230,6 +238,14 @@ mod tests {
         let (pipe, write) = ReadyPipe::new().expect("pipe");
         drop(write);
         assert!(pipe.told(), "the creator gone");
+    }
+
+    #[test]
+    fn a_failure_told_after_the_init_s_readiness_wins() {
+        let (pipe, write) = ReadyPipe::new().expect("pipe");
+        report(write.as_raw_fd(), Ok(()));
+        report(write.as_raw_fd(), Err("cannot cover /proc: EPERM".to_string()));
+        assert_eq!(pipe.wait(), Err("cannot cover /proc: EPERM".to_string()));
     }
 
     #[test]
