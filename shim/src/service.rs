@@ -23,7 +23,7 @@ use crate::events::EventSender;
 use crate::rootfs;
 use crate::shim::state_root;
 use crate::early_exit::watch_guest_report;
-use crate::state::{spawn_exit_watcher, Entry, Exec, Exited, Proc, Shared, SharedState, State};
+use crate::state::{mark_exited, spawn_exit_watcher, Entry, Exec, ExitKnownFrom, Exited, Proc, Shared, SharedState, State};
 
 pub fn status_error(code: Code, message: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
@@ -179,9 +179,11 @@ impl TaskService {
         if container.setup_pending() {
             crate::left_created::settle_later(&self.runtime, self.state.clone(), req.id.clone());
         }
-        self.lock()
-            .containers
-            .insert(req.id.clone(), Entry { container, bundle, init, paused: false, execs: Default::default() });
+        let reaped_already = {
+            let mut st = self.lock();
+            st.containers.insert(req.id.clone(), Entry { container, bundle, init, paused: false, execs: Default::default() });
+            st.unknown_exits.take(pid as i32)
+        };
         self.events.send(
             TASK_CREATE_EVENT_TOPIC,
             TaskCreate {
@@ -199,6 +201,16 @@ impl TaskService {
                 ..Default::default()
             },
         );
+        // An init that ended while this Create came back (its setup failed
+        // after its creator answered, and the shim reaped it first): its
+        // exit is told now, after TaskCreate, as the exit watcher would.
+        if let Some(exit_code) = reaped_already {
+            if let Some(entry) = self.lock().containers.get_mut(&req.id) {
+                entry.init.reaped = true;
+                mark_exited(&req.id, &req.id, &mut entry.init, exit_code as u32, None, ExitKnownFrom::Reap, &self.events);
+            }
+            self.state.exits.send_modify(|n| *n = n.wrapping_add(1));
+        }
         Ok(api::CreateTaskResponse { pid, ..Default::default() })
     }
 

@@ -94,6 +94,33 @@ impl Entry {
 #[derive(Default)]
 pub struct State {
     pub containers: HashMap<String, Entry>,
+    pub unknown_exits: UnknownExits,
+}
+
+/// How many exits of processes the shim did not know it keeps.
+const UNKNOWN_EXITS_KEPT: usize = 64;
+
+/// Exits of children the shim reaped before it knew them (the spawner's,
+/// a build's helpers, and a container's init that ended while its Create
+/// was still on its way back: its creator exited first, and the dead init
+/// came to the shim, its subreaper, before Create recorded its pid).
+/// Create takes its init's exit from here; the oldest go first.
+#[derive(Default)]
+pub struct UnknownExits(std::collections::VecDeque<(i32, i32)>);
+
+impl UnknownExits {
+    fn remember(&mut self, pid: i32, exit_code: i32) {
+        if self.0.len() == UNKNOWN_EXITS_KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back((pid, exit_code));
+    }
+
+    /// The exit code of `pid`, reaped already, if it was.
+    pub fn take(&mut self, pid: i32) -> Option<i32> {
+        let at = self.0.iter().rposition(|(reaped, _)| *reaped == pid)?;
+        self.0.remove(at).map(|(_, exit_code)| exit_code)
+    }
 }
 
 /// The state, and a counter raised at every exit, which Wait watches.
@@ -225,6 +252,7 @@ fn record_exit(st: &mut State, pid: i32, exit_code: i32, events: &EventSender) -
             });
         }
     }
+    st.unknown_exits.remember(pid, exit_code);
     None
 }
 
@@ -258,4 +286,29 @@ pub fn mark_exited(id: &str, proc_id: &str, proc: &mut Proc, status: u32, oom: O
         },
     );
     proc.exited = Some(exited);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_exit_is_kept_until_taken_once() {
+        let mut exits = UnknownExits::default();
+        exits.remember(41, 0);
+        exits.remember(42, 255);
+        assert_eq!(exits.take(42), Some(255));
+        assert_eq!(exits.take(42), None, "taken once");
+        assert_eq!(exits.take(41), Some(0));
+    }
+
+    #[test]
+    fn only_the_latest_unknown_exits_are_kept() {
+        let mut exits = UnknownExits::default();
+        for pid in 0..(UNKNOWN_EXITS_KEPT as i32 + 1) {
+            exits.remember(pid, 1);
+        }
+        assert_eq!(exits.take(0), None, "the oldest went");
+        assert_eq!(exits.take(UNKNOWN_EXITS_KEPT as i32), Some(1));
+    }
 }
