@@ -54,11 +54,6 @@ pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: Unix
     // join should find the kernel's grace period over (see
     // hybrid_runtime::cgroup_join).
     hybrid_runtime::cgroup_join::open_window_for(FIRST_CREATE_WITHIN);
-    // Its cgroups and their manager are made meanwhile, where its spec says
-    // it is wasm (see hybrid_runtime::first_cgroups).
-    if let Some(spec) = first_spec {
-        hybrid_runtime::first_cgroups::start(spec, &flags.id);
-    }
     // Orphaned container processes are reparented here, to be reaped.
     // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag; no memory is passed.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
@@ -95,6 +90,13 @@ pub fn serve(runtime_id: &str, flags: &Flags, mut config: Config, listener: Unix
         Err(e) => tracing::warn!("container state stays where it is: {e}"),
     }
     hybrid_runtime::fds::keep_in_clones(kept);
+    // The first container's cgroups and their manager are made while it is
+    // served, where its spec says it is wasm (see
+    // hybrid_runtime::first_cgroups); not before the listing above, which
+    // the manager's thread's own descriptors would blur.
+    if let Some(spec) = first_spec {
+        hybrid_runtime::first_cgroups::start(spec, &flags.id);
+    }
     let task = create_task(Arc::new(AsyncTaskService::new(shim.task_service(runtime.handle(), ttrpc_address))));
     // Serves for as long as it lives: to the exit below.
     let _server = runtime.block_on(async {
