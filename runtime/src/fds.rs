@@ -102,6 +102,44 @@ pub fn stdio_to_dev_null() -> std::io::Result<()> {
     Ok(())
 }
 
+/// The most descriptors [`receive_with_fds`] takes with one message (a
+/// job's: stdio, the oom pipe, the ready pipe).
+const MAX_FDS_PER_MESSAGE: usize = 8;
+
+/// Send `bytes` as one message on the unix socket `socket`, with `fds`
+/// (copies of them arrive with it).
+pub(crate) fn send_with_fds(socket: RawFd, bytes: &[u8], fds: &[RawFd]) -> nix::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    sendmsg::<UnixAddr>(socket, &[std::io::IoSlice::new(bytes)], cmsgs, MsgFlags::MSG_NOSIGNAL, None).map(|_| ())
+}
+
+/// One message of at most `max_len` bytes from the unix socket `socket`,
+/// and the descriptors that came with it (close-on-exec, owned here);
+/// ECONNRESET when the other end is closed.
+pub(crate) fn receive_with_fds(socket: RawFd, max_len: usize) -> nix::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    let mut buf = vec![0u8; max_len];
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<UnixAddr>(socket, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let len = msg.bytes;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: SCM_RIGHTS descriptors are new in this process and
+            // owned by nobody else.
+            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    if len == 0 {
+        return Err(nix::errno::Errno::ECONNRESET);
+    }
+    buf.truncate(len);
+    Ok((buf, fds))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

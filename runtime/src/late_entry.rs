@@ -13,11 +13,10 @@
 //! cannot compile still fails Create: the creator answers only once the
 //! entry has come, and on a failure kills the init instead.
 
-use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, OnceLock};
 
-use nix::sys::socket::{recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use serde::{Deserialize, Serialize};
 
 use crate::compile_cache::ArtifactKind;
@@ -46,9 +45,7 @@ pub(crate) fn send_to_init(socket: &OwnedFd, entry: Option<&PrecompiledEntry>) -
         Some(ArtifactKind::Component) => 2,
     }];
     let raw: Vec<RawFd> = entry.map(|e| e.file.as_raw_fd()).into_iter().collect();
-    let rights = [ControlMessage::ScmRights(&raw)];
-    let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &rights };
-    sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&kind)], cmsgs, MsgFlags::MSG_NOSIGNAL, None).map(|_| ())
+    crate::fds::send_with_fds(socket.as_raw_fd(), &kind, &raw)
 }
 
 /// In the init: take the entry from its end of the pair, `fd`, which is
@@ -57,34 +54,19 @@ pub(crate) fn receive_in_init(fd: RawFd) -> Result<(), String> {
     // SAFETY: `fd` is the init's end of the pair, inherited through the
     // fork and used by nothing else; it is owned (and closed) here.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut kind = [0u8; 1];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [IoSliceMut::new(&mut kind)];
-    let msg = loop {
-        match recvmsg::<UnixAddr>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+    let (kind, fds) = loop {
+        match crate::fds::receive_with_fds(socket.as_raw_fd(), 1) {
             Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::ECONNRESET) => return Err("the creator ended before it passed the compile cache entry".to_string()),
             other => break other.map_err(|e| format!("cannot receive the compile cache entry: {e}"))?,
         }
     };
-    let bytes = msg.bytes;
-    let mut file = None;
-    for cmsg in msg.cmsgs().map_err(|e| format!("cannot receive the compile cache entry: {e}"))? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            // SAFETY: SCM_RIGHTS descriptors are new in this process and
-            // owned by nobody else.
-            let mut owned = fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
-            file = owned.next();
-        }
-    }
-    if bytes == 0 {
-        return Err("the creator ended before it passed the compile cache entry".to_string());
-    }
     let kind = match kind[0] {
         0 => return Ok(()),
         1 => ArtifactKind::Module,
         _ => ArtifactKind::Component,
     };
-    let file = file.ok_or("the compile cache entry came without its descriptor")?;
+    let file = fds.into_iter().next().ok_or("the compile cache entry came without its descriptor")?;
     let _ = RECEIVED.set(PrecompiledEntry { file: Arc::new(file), kind });
     Ok(())
 }

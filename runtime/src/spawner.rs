@@ -17,14 +17,14 @@
 //! and its threads' stacks would each leave a private copy in every idle
 //! container.
 
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use nix::sys::socket::{
-    recvmsg, sendmsg, setsockopt, socketpair, sockopt, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
+    sendmsg, setsockopt, socketpair, sockopt, AddressFamily, MsgFlags, SockFlag,
     SockType, UnixAddr,
 };
 use nix::sys::time::TimeVal;
@@ -38,8 +38,6 @@ use crate::ready_later::{EarlyAnswer, Made};
 
 /// A job is a container's ids, paths and workload: well under this.
 const MAX_MESSAGE: usize = 256 * 1024;
-/// The most descriptors a job comes with (stdio and the oom pipe).
-const MAX_FDS: usize = 8;
 /// How long the shim waits for a creator's answer: a job that takes
 /// longer is stuck (libcontainer's own waits are shorter).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -101,17 +99,14 @@ pub(crate) fn run(job: &CloneJob, fds: &[OwnedFd], late: &mut Option<&mut dyn Fn
     let socket = SPAWNER.get().ok_or_else(|| "no spawner".to_string())?;
     let bytes = serde_json::to_vec(job).map_err(|e| format!("cannot encode the job: {e}"))?;
     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let rights = [ControlMessage::ScmRights(&raw)];
-    let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &rights };
     // One job at a time: a job and its answer share the socket.
     let socket = socket.lock().unwrap_or_else(|p| p.into_inner());
-    sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&bytes)], cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-        .map_err(|e| format!("cannot send the job to the spawner: {e}"))?;
+    crate::fds::send_with_fds(socket.as_raw_fd(), &bytes, &raw).map_err(|e| format!("cannot send the job to the spawner: {e}"))?;
     if let Some(late) = late.as_mut().filter(|_| job.entry_later()) {
         let entry = late();
-        let sent = serde_json::to_vec(&entry).map_err(|e| e.to_string()).and_then(|bytes| {
-            sendmsg::<UnixAddr>(socket.as_raw_fd(), &[IoSlice::new(&bytes)], &[], MsgFlags::MSG_NOSIGNAL, None).map_err(|e| e.to_string())
-        });
+        let sent = serde_json::to_vec(&entry)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| crate::fds::send_with_fds(socket.as_raw_fd(), &bytes, &[]).map_err(|e| e.to_string()));
         if let Err(e) = sent {
             // The creator, which has the job, fails it without the entry.
             return Ok(Err(format!("cannot send the compile cache entry to the spawner: {e}")));
@@ -126,24 +121,7 @@ pub(crate) fn run(job: &CloneJob, fds: &[OwnedFd], late: &mut Option<&mut dyn Fn
 
 /// One message and the descriptors that came with it.
 fn receive(fd: RawFd) -> nix::Result<(Vec<u8>, Vec<OwnedFd>)> {
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<UnixAddr>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
-    let len = msg.bytes;
-    let mut fds = Vec::new();
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(received) = cmsg {
-            // SAFETY: SCM_RIGHTS descriptors are new in this process and
-            // owned by nobody else.
-            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-        }
-    }
-    if len == 0 {
-        return Err(nix::errno::Errno::ECONNRESET);
-    }
-    buf.truncate(len);
-    Ok((buf, fds))
+    crate::fds::receive_with_fds(fd, MAX_MESSAGE)
 }
 
 /// The spawner: make the engine, then a creator per job, until the shim
